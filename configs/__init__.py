@@ -1,0 +1,1 @@
+"""YAML configs shipped with the package, resolvable by name (``mmpt list configs``)."""

@@ -1,0 +1,1 @@
+"""Connectors: projectors from encoder space to LLM space (``mmpretrain.connectors``)."""

@@ -1,0 +1,1 @@
+"""Vision and speech encoders and discrete media tokenizers (``mmpretrain.encoders``)."""

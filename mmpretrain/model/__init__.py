@@ -1,0 +1,1 @@
+"""Model assembly: LLM builders and (later) the MultimodalLM."""

@@ -1,0 +1,1 @@
+"""Training: config sections now; the loop, optimizer, schedule and checkpoints later."""

@@ -1,0 +1,75 @@
+"""The ``train``, ``optim`` and ``distributed`` sections of a run config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mmpretrain.config import ConfigModel
+
+
+class TrainConfig(ConfigModel):
+    """Steps, batch geometry, cadence and numerics of the training loop."""
+
+    max_steps: int = Field(1000, gt=0)
+    """Optimizer steps of the whole run (the schedule's length)."""
+    stop_after_steps: int | None = Field(None, gt=0)
+    """End this invocation after this many steps with a checkpoint, as a preemption would;
+    the schedule still spans max_steps (run control: may change on resume)."""
+    batch_size: int = Field(8, gt=0)
+    """Packed sequences per rank per micro-step."""
+    grad_accum: int = Field(1, gt=0)
+    """Micro-steps per optimizer step (global batch = batch_size x grad_accum x world size)."""
+    seq_len: int = Field(512, gt=0)
+    """Tokens per packed sequence."""
+    seed: int = 0
+    """Seed of every random number generator."""
+    log_every: int = Field(10, gt=0)
+    """Steps between metric lines (run control)."""
+    save_every: int = Field(500, gt=0)
+    """Steps between checkpoints (run control)."""
+    keep_last: int = Field(3, gt=0)
+    """Committed checkpoints kept; older ones are deleted after a newer one commits."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 runs the forward pass under autocast; parameters and optimizer stay fp32."""
+    compile: bool = False
+    """torch.compile the model after kernels and activation checkpointing are applied."""
+
+
+class OptimConfig(ConfigModel):
+    """AdamW and its learning-rate schedule."""
+
+    name: Literal["adamw"] = "adamw"
+    """Optimizer (fused or foreach implementation where the device has one)."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.1, ge=0)
+    """Decoupled weight decay (not applied to norms, biases and embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam beta1, beta2."""
+    eps: float = Field(1e-8, gt=0)
+    """Adam epsilon."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """Learning-rate shape after warmup: cosine decay, warmup-stable-decay, or constant."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warmup steps from 0 to lr."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate as a fraction of lr (cosine and wsd)."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """wsd: fraction of max_steps spent in the final decay."""
+
+    @model_validator(mode="after")
+    def _check_betas(self) -> OptimConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class DistributedConfig(ConfigModel):
+    """How the run spreads over processes (launched by torchrun or `mmpt train --nproc`)."""
+
+    backend: Literal["none", "ddp", "fsdp2", "deepspeed"] = "none"
+    """Data-parallel engine; none = a single process."""
