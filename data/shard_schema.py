@@ -85,7 +85,9 @@ def _check_segment(key: str, index: int, seg: object) -> str | None:
         raise _error(key, f"{path}.text", f"the transcript must be a string, got {_type_name(seg['text'])}")
     member = seg.get("member")
     if not isinstance(member, str):
-        raise _error(key, f"{path}.member", f"an {kind} segment needs a member name, got {_type_name(member)}")
+        raise _error(
+            key, f"{path}.member", f"an {kind} segment needs a member name, got {_type_name(member)}"
+        )
     if not _MEMBER_PATTERNS[kind].match(member):
         exts = IMAGE_EXTENSIONS if kind == "image" else AUDIO_EXTENSIONS
         raise _error(

@@ -9,7 +9,7 @@ fixed-shape :class:`PackedBatch`, and the model consumes that. Nothing here bran
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, overload
 
 import torch
 
@@ -44,9 +44,7 @@ class Segment:
     def __post_init__(self) -> None:
         where = f"Segment(kind={self.kind!r})"
         if self.kind not in SEGMENT_KINDS:
-            raise DataFormatError(
-                f"Segment: kind {self.kind!r} is not one of {', '.join(SEGMENT_KINDS)}"
-            )
+            raise DataFormatError(f"Segment: kind {self.kind!r} is not one of {', '.join(SEGMENT_KINDS)}")
         if not isinstance(self.meta, dict):
             raise DataFormatError(f"{where}: meta must be a dict, got {type(self.meta).__name__}")
         if self.kind == "text":
@@ -69,9 +67,7 @@ class Segment:
                 f"{where}: an image segment cannot carry text; put captions in a text segment"
             )
         if self.text is not None and not isinstance(self.text, str):
-            raise DataFormatError(
-                f"{where}: the transcript must be a str, got {type(self.text).__name__}"
-            )
+            raise DataFormatError(f"{where}: the transcript must be a str, got {type(self.text).__name__}")
 
     @property
     def is_media(self) -> bool:
@@ -179,6 +175,17 @@ class PackedBatch:
         return int((self.labels != IGNORE_INDEX).sum().item())
 
     # ---------------------------------------------------------------- attention
+    @overload
+    def attention_mask(
+        self,
+        kind: Literal["additive", "bool"] = ...,
+        dtype: torch.dtype = ...,
+        sliding_window: int | None = ...,
+    ) -> torch.Tensor: ...
+    @overload
+    def attention_mask(
+        self, kind: Literal["varlen"], dtype: torch.dtype = ..., sliding_window: int | None = ...
+    ) -> VarlenInfo: ...
     def attention_mask(
         self,
         kind: Literal["additive", "bool", "varlen"] = "additive",
@@ -206,6 +213,8 @@ class PackedBatch:
             return self._varlen()
         if kind not in ("additive", "bool"):
             raise ValueError(f"attention_mask kind must be additive, bool or varlen, not {kind!r}")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
         length = doc.shape[-1]
         idx = torch.arange(length, device=doc.device)
         causal = idx[None, :] <= idx[:, None]  # [L(query), L(key)]
@@ -317,17 +326,20 @@ class PackedBatch:
         bad = torch.nonzero(after_pad & real)
         if len(bad):
             row, pos = (int(v) for v in bad[0])
-            raise self._fail(row, pos, f"document starts at position {pos} after padding; padding must be trailing")
+            raise self._fail(
+                row, pos, f"document starts at position {pos} after padding; padding must be trailing"
+            )
         prev = torch.full_like(doc, -1)
         prev[:, 1:] = doc[:, :-1]
         starts = real & (doc != prev)
         bad = torch.nonzero(starts & (doc != prev + 1))
         if len(bad):
             row, pos = (int(v) for v in bad[0])
+            before = int(prev[row, pos])
+            after = f"after {self._doc_name(row, before)}" if before >= 0 else f"row {row}"
             raise DataFormatError(
-                f"{self._batch_name()}: row {row}: doc_ids[{pos}] is {int(doc[row, pos])} but the "
-                f"previous document is {int(prev[row, pos])}; documents must be contiguous runs "
-                "numbered 0, 1, 2, ... in order"
+                f"PackedBatch: {after}: doc_ids[{pos}] is {int(doc[row, pos])}; expected "
+                f"{before + 1} (documents are contiguous runs numbered 0, 1, 2, ... in order)"
             )
         return starts
 
@@ -340,7 +352,7 @@ class PackedBatch:
                 f"{self._batch_name()}: keys has {len(self.keys)} rows but the batch has {rows}"
             )
         docs_per_row = (self.doc_ids.max(dim=1).values + 1).clamp(min=0).tolist()
-        for row, (row_keys, n_docs) in enumerate(zip(self.keys, docs_per_row)):
+        for row, (row_keys, n_docs) in enumerate(zip(self.keys, docs_per_row, strict=True)):
             if len(row_keys) != n_docs:
                 raise DataFormatError(
                     f"{self._batch_name()}: row {row} has {n_docs} documents but "
@@ -374,8 +386,7 @@ class PackedBatch:
         for name, mb in self.media.items():
             if mb.modality != name:
                 raise DataFormatError(
-                    f"{self._batch_name()}: media[{name!r}] holds a MediaBatch of modality "
-                    f"{mb.modality!r}"
+                    f"{self._batch_name()}: media[{name!r}] holds a MediaBatch of modality {mb.modality!r}"
                 )
             if mb.placeholder_id in seen_ids:
                 raise DataFormatError(
@@ -419,7 +430,7 @@ class PackedBatch:
                 if len(clash):
                     pos = start + int(clash[0])
                     raise DataFormatError(
-                        f"PackedBatch: {where}: {span} overlaps a {names[int(owner[row, pos])]} "
+                        f"PackedBatch: {where}: {span} overlaps an earlier {names[int(owner[row, pos])]} "
                         f"span at position {pos}"
                     )
                 owner[row, start : start + size] = me

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic import GetCoreSchemaHandler
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError
 from pydantic_core import CoreSchema
 
 from mmpretrain.errors import ConfigError
@@ -35,9 +34,7 @@ class ConfigModel(BaseModel):
     schema is built on first use (``defer_build``) so registry unions see every plugin.
     """
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True)
 
 
 class ComponentConfig(ConfigModel):
@@ -55,9 +52,7 @@ class FromRegistry:
 
     kind: str
 
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         from mmpretrain.registry import get_registry
 
         classes = get_registry(self.kind).config_classes()
@@ -65,7 +60,7 @@ class FromRegistry:
             raise ConfigError(f"no {self.kind} are registered, so none can be configured")
         if len(classes) == 1:
             return handler.generate_schema(classes[0])
-        union = Union[tuple(classes)]  # noqa: UP007 - built at run time from the registry
+        union = Union.__getitem__(tuple(classes))  # built at run time from the registry
         return handler.generate_schema(_annotated(union, Field(discriminator="name")))
 
 
@@ -93,9 +88,8 @@ def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = Non
     """Find a config file: an existing path, a path relative to ``relative_to``, or the
     name of a shipped config (``tiny``, ``text/tiny`` or ``text/tiny.yaml``)."""
     candidate = Path(name_or_path)
-    if relative_to is not None and not candidate.is_absolute():
-        if (relative_to / candidate).is_file():
-            return (relative_to / candidate).resolve()
+    if relative_to is not None and not candidate.is_absolute() and (relative_to / candidate).is_file():
+        return (relative_to / candidate).resolve()
     if candidate.is_file():
         return candidate.resolve()
     name = str(name_or_path).removesuffix(".yaml").removesuffix(".yml")

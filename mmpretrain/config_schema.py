@@ -82,7 +82,9 @@ def schema_rows(model: type[BaseModel], prefix: str = "") -> list[SchemaRow]:
         classes = field_model_classes(field)
         if marker is not None:
             names = [str(get_args(c.model_fields["name"].annotation)[0]) for c in classes]
-            rows.append(SchemaRow(key, f"one of {marker.kind}: {', '.join(names)}", "(required)", description))
+            rows.append(
+                SchemaRow(key, f"one of {marker.kind}: {', '.join(names)}", "(required)", description)
+            )
             for cls, member in zip(classes, names, strict=True):
                 rows.extend(schema_rows(cls, f"{key}[{member}]."))
         elif classes and all(issubclass(c, ConfigModel) for c in classes):
@@ -103,7 +105,6 @@ def format_rows(rows: list[SchemaRow]) -> str:
     default_width = min(max(len(r.default) for r in rows), 24)
     lines = []
     for r in rows:
-        lines.append(
-            f"{r.key:<{key_width}}  {r.type:<{type_width}}  {r.default:<{default_width}}  {r.description}".rstrip()
-        )
+        columns = f"{r.key:<{key_width}}  {r.type:<{type_width}}  {r.default:<{default_width}}"
+        lines.append(f"{columns}  {r.description}".rstrip())
     return "\n".join(lines)

@@ -151,7 +151,7 @@ def load_plugins() -> list[str]:
             target = entry_point.load()
             if callable(target):
                 target()
-        except Exception as exc:  # noqa: BLE001 - any plugin failure is reported, not fatal
+        except Exception as exc:
             message = f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {exc}"
             plugin_failures.append(message)
             print(f"warning: {message}", file=sys.stderr)

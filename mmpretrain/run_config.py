@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from mmpretrain.config import ConfigModel
 from mmpretrain.model.config import ModelConfig
 from mmpretrain.train.config import DistributedConfig, OptimConfig, TrainConfig
@@ -14,9 +12,9 @@ class RunConfig(ConfigModel):
 
     model: ModelConfig
     """What to build."""
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = TrainConfig()
     """Training loop settings."""
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    optim: OptimConfig = OptimConfig()
     """Optimizer and schedule."""
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    distributed: DistributedConfig = DistributedConfig()
     """Multi-process settings."""

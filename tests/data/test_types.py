@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -81,7 +83,7 @@ def build(rows: list[list[list[int]]], length: int, with_keys: bool = True) -> P
 
 
 # Row 0: doc 0 (5 tokens) | doc 1 (7 tokens, an image of 3 placeholders at 6..8).
-# Row 1: doc 0 (4) | doc 1 (3, one audio placeholder... at 5..6) | doc 2 (2) | 3 padding.
+# Row 1: doc 0 (4) | doc 1 (3, an audio item of 2 placeholders at 5..6) | doc 2 (2) | 3 padding.
 ROWS = [
     [[1, 5, 6, 7, 8], [1, IMAGE_ID, IMAGE_ID, IMAGE_ID, 9, 10, 11]],
     [[1, 12, 13, 14], [1, AUDIO_ID, AUDIO_ID], [1, 17]],
@@ -181,7 +183,9 @@ def _corrupt_placeholder_inside_span(b: PackedBatch) -> None:
 
 
 def _corrupt_overlap(b: PackedBatch) -> None:
-    b.media["audio"] = MediaBatch("audio", torch.zeros(2, 2), [(1, 5, 2), (0, 7, 1)], AUDIO_ID)
+    b.media["image"].spans.append((0, 7, 2))
+    b.media["image"].keys.append("shard-000/1")
+    b.media["image"].inputs = torch.zeros(2, 2, 3)
 
 
 def _corrupt_item_count(b: PackedBatch) -> None:
@@ -202,9 +206,9 @@ def _corrupt_item_count(b: PackedBatch) -> None:
         (_corrupt_label_at_padding, "row 1 padding", "padding position 10"),
         (_corrupt_label_at_placeholder, "shard-000/1", "placeholder position 7"),
         (_corrupt_padding_not_trailing, "shard-000/3", "padding must be trailing"),
-        (_corrupt_doc_numbering, "shard-000/2", "numbered 0, 1, 2"),
+        (_corrupt_doc_numbering, "after sample 'shard-000/3'", "doc_ids[7] is 3; expected 2"),
         (_corrupt_placeholder_inside_span, "shard-000/1", "holds 1 non-placeholder tokens"),
-        (_corrupt_overlap, "shard-000/1", "overlaps a image span at position 7"),
+        (_corrupt_overlap, "shard-000/1", "overlaps an earlier image span at position 7"),
         (_corrupt_item_count, "shard-000/0", "2 inputs but 1 spans"),
     ],
 )
@@ -358,14 +362,14 @@ def test_property_masks_and_validate(case: tuple[list[list[list[int]]], int]) ->
     assert cu[0] == 0 and cu[-1] == len(rows) * length
     # Two flattened tokens share a varlen sequence exactly when the dense mask links them.
     seq_of = torch.zeros(len(rows) * length, dtype=torch.long)
-    for s, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+    for s, (a, b) in enumerate(itertools.pairwise(cu)):
         assert b > a
         seq_of[a:b] = s
     seq_of = seq_of.view(len(rows), length)
     same_seq = seq_of[:, :, None] == seq_of[:, None, :]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     assert torch.equal((same_seq & causal)[:, None], allowed)
-    assert info.max_seqlen == max(b - a for a, b in zip(cu[:-1], cu[1:]))
+    assert info.max_seqlen == max(b - a for a, b in itertools.pairwise(cu))
 
 
 # ----------------------------------------------------------------------- Segment, Sample

@@ -1,0 +1,332 @@
+"""`mmpt`: the command line (DESIGN.md section 8 is its contract).
+
+``main(argv) -> int`` runs in-process (tests call it directly). User errors exit 2 with
+one line on stderr and no traceback (``--debug`` shows it); internal errors exit 1.
+Subcommands whose implementation has not landed exit 2 saying so; none prints fake output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from mmpretrain import __version__
+from mmpretrain.errors import NotImplementedYetError, UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+LIST_KINDS = ("encoders", "connectors", "llms", "tokenizers", "kernels", "recipes", "tasks", "configs")
+
+
+def _not_implemented(command: str, issue: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotImplementedYetError(f"`{command}` is not implemented yet (planned in issue {issue!r})")
+
+    return handler
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mmpretrain.config import load_config
+
+    load_config(args.config, args.set)  # a bad config fails here, before anything else
+    raise NotImplementedYetError(
+        "`mmpt train` is not implemented yet (planned in issue 'Foundation 3/3'); "
+        "the config is valid: `mmpt config show` prints it resolved"
+    )
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from mmpretrain.listing import format_listing
+
+    print(format_listing(args.kind))
+    return 0
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from mmpretrain.config_schema import format_rows, schema_rows
+    from mmpretrain.errors import ConfigError
+    from mmpretrain.run_config import RunConfig
+
+    rows = schema_rows(RunConfig)
+    if args.section:
+        prefix = args.section.rstrip(".")
+        rows = [r for r in rows if r.key == prefix or r.key.startswith((prefix + ".", prefix + "["))]
+        if not rows:
+            sections = sorted({r.key.split(".")[0].split("[")[0] for r in schema_rows(RunConfig)})
+            raise ConfigError(f"unknown config section {args.section!r}; sections: {', '.join(sections)}")
+    print("KEY  TYPE  DEFAULT  DESCRIPTION")
+    print(format_rows(rows))
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from mmpretrain.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.set)), end="")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples."""
+
+
+def _add(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    examples: str,
+    handler: Handler,
+    parents: list[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog="examples:\n" + examples,
+        formatter_class=_Formatter,
+        parents=parents,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `mmpt` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
+    )
+    parser = argparse.ArgumentParser(
+        prog="mmpt",
+        description="Pre-train multimodal language models (mmpretrain).",
+        epilog="Run `mmpt COMMAND --help` for the options and examples of a command.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"mmpretrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = [common]
+
+    train = _add(
+        sub,
+        "train",
+        "train a model from a config",
+        (
+            "  mmpt train tiny --run-dir runs/tiny\n"
+            "  mmpt train configs/text/tiny.yaml --set optim.lr=3e-4 --set train.max_steps=50\n"
+            "  mmpt train tiny --run-dir runs/tiny --resume\n"
+            "  mmpt train tiny --nproc 2 --set distributed.backend=fsdp2"
+        ),
+        _cmd_train,
+        p,
+    )
+    train.add_argument("config", help="YAML path or shipped config name (`mmpt list configs`)")
+    train.add_argument("--run-dir", help="output directory (default: runs/<config name>)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the newest committed checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--nproc", type=int, default=1, help="run under torchrun with N local processes")
+
+    data = sub.add_parser("data", help="build, inspect and count dataset shards", parents=p)
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    build = _add(
+        data_sub,
+        "build",
+        "convert a dataset into shards (demo data needs no input)",
+        (
+            "  mmpt data build --format demo --out data/demo\n"
+            "  mmpt data build --format captions --input blip_laion.json --images-dir images --out shards/"
+        ),
+        _not_implemented("mmpt data build", "Multimodal shards 1/2"),
+        p,
+    )
+    build.add_argument("--format", required=True, help="input format (demo, captions, interleaved, asr, ...)")
+    build.add_argument("--input", help="input file or directory")
+    build.add_argument("--images-dir", help="directory the input's image paths are relative to")
+    build.add_argument("--out", required=True, help="output directory for shards and index.json")
+    inspect = _add(
+        data_sub,
+        "inspect",
+        "print a human summary of shards",
+        "  mmpt data inspect 'data/demo/*.tar'",
+        _not_implemented("mmpt data inspect", "Multimodal shards 1/2"),
+        p,
+    )
+    inspect.add_argument("shards", help="shard path or glob pattern")
+    stats = _add(
+        data_sub,
+        "stats",
+        "count samples, skips and errors in shards",
+        "  mmpt data stats 'data/demo/*.tar' --json",
+        _not_implemented("mmpt data stats", "Multimodal shards 1/2"),
+        p,
+    )
+    stats.add_argument("shards", help="shard path or glob pattern")
+    stats.add_argument("--json", action="store_true", help="print only a JSON object on stdout")
+
+    evaluate = _add(
+        sub,
+        "eval",
+        "few-shot evaluation of a checkpoint",
+        ("  mmpt eval runs/demo --task shapes_vqa --shots 0,4,8 --limit 100 --out results.json"),
+        _not_implemented("mmpt eval", "Few-shot evaluation"),
+        p,
+    )
+    evaluate.add_argument("checkpoint", help="run directory, checkpoint directory or exported model")
+    evaluate.add_argument("--task", required=True, help="task name (`mmpt list tasks`) or task file")
+    evaluate.add_argument("--shots", default="0", help="comma-separated shot counts")
+    evaluate.add_argument("--limit", type=int, help="evaluate at most N queries")
+    evaluate.add_argument("--out", help="write results JSON here")
+
+    export = _add(
+        sub,
+        "export",
+        "export a checkpoint for transformers or as safetensors",
+        ("  mmpt export runs/tiny --to hf --out exported/tiny"),
+        _not_implemented("mmpt export", "Export and import"),
+        p,
+    )
+    export.add_argument("checkpoint", help="run directory or checkpoint directory")
+    export.add_argument("--to", choices=["hf", "safetensors"], required=True, help="target format")
+    export.add_argument("--out", required=True, help="output directory")
+
+    listing = _add(
+        sub,
+        "list",
+        "list registered components and shipped configs",
+        "  mmpt list\n  mmpt list llms\n  mmpt list configs",
+        _cmd_list,
+        p,
+    )
+    listing.add_argument("kind", nargs="?", choices=LIST_KINDS, help="only this kind")
+
+    tokenizer = sub.add_parser("tokenizer", help="train and inspect tokenizers", parents=p)
+    tok_sub = tokenizer.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+    tok_train = _add(
+        tok_sub,
+        "train",
+        "train a BPE, VQ image or speech-unit tokenizer",
+        (
+            "  mmpt tokenizer train --input corpus.txt --vocab-size 4096 --out tok/\n"
+            "  mmpt tokenizer train --kind vq --input 'data/demo/*.tar' --out vq/"
+        ),
+        _not_implemented("mmpt tokenizer train", "Foundation 2/3"),
+        p,
+    )
+    tok_train.add_argument(
+        "--kind", choices=["bpe", "vq", "speech_units"], default="bpe", help="tokenizer kind"
+    )
+    tok_train.add_argument("--input", required=True, help="training text or shards")
+    tok_train.add_argument("--vocab-size", type=int, help="learned vocabulary size (special tokens on top)")
+    tok_train.add_argument("--config", help="tokenizer config (vq, speech_units)")
+    tok_train.add_argument("--out", required=True, help="output tokenizer directory")
+    tok_decode = _add(
+        tok_sub,
+        "decode",
+        "decode discrete codes back to media for inspection",
+        "  mmpt tokenizer decode vq/ --ids codes.json --out image.png",
+        _not_implemented("mmpt tokenizer decode", "Discrete media tokenizers"),
+        p,
+    )
+    tok_decode.add_argument("tokenizer_dir", help="trained tokenizer directory")
+    tok_decode.add_argument("--ids", required=True, help="file with token ids")
+    tok_decode.add_argument("--out", required=True, help="output file (.png)")
+
+    plot = _add(
+        sub,
+        "plot",
+        "plot metrics of one or more runs as PNG curves",
+        "  mmpt plot runs/a runs/b --out plots/",
+        _not_implemented("mmpt plot", "Foundation 3/3"),
+        p,
+    )
+    plot.add_argument("run_dirs", nargs="+", help="run directories")
+    plot.add_argument("--out", help="output directory (default: first run dir)")
+
+    config = sub.add_parser("config", help="describe and resolve configs", parents=p)
+    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    schema = _add(
+        config_sub,
+        "schema",
+        "print every config key with type, default and description",
+        "  mmpt config schema\n  mmpt config schema train\n  mmpt config schema model.llm",
+        _cmd_config_schema,
+        p,
+    )
+    schema.add_argument("section", nargs="?", help="only keys under this section (e.g. optim, model.llm)")
+    show = _add(
+        config_sub,
+        "show",
+        "print a config fully resolved (bases merged, overrides applied)",
+        "  mmpt config show tiny --set optim.lr=1e-3",
+        _cmd_config_show,
+        p,
+    )
+    show.add_argument("config", help="YAML path or shipped config name")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+
+    demo = _add(
+        sub,
+        "demo",
+        "build demo data, train, evaluate and export a tiny model end to end",
+        "  mmpt demo\n  mmpt demo --quick --out runs/demo-quick",
+        _not_implemented("mmpt demo", "make demo"),
+        p,
+    )
+    demo.add_argument("--out", default="runs/demo", help="output directory")
+    demo.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
+    return parser
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `mmpt` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version exit 0, usage errors exit 2
+        return exc.code if isinstance(exc.code, int) else 2
+    debug = getattr(args, "debug", False)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(run again with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def console_main() -> None:
+    """Console-script entry point (`mmpt`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
