@@ -55,12 +55,12 @@ def best_fit_pack(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
                 del free_values[position]
             bins[bin_id].append(index)
             free = old_free - length
-        stack = bins_by_free.get(free)  # full bins stay too: empty items still fit them
-        if stack is None:
+        same_free = bins_by_free.get(free)  # full bins stay too: empty items still fit them
+        if same_free is None:
             bins_by_free[free] = [bin_id]
             bisect.insort(free_values, free)
         else:
-            stack.append(bin_id)
+            same_free.append(bin_id)
     return bins
 
 

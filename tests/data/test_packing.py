@@ -104,7 +104,7 @@ def test_text_packer_resumes_exactly(stop_after: int) -> None:
     documents = random_documents(120, seed=1)
     packer = TextPacker(seq_len=64, buffer_docs=25, seed=7)
     full = list(packer.pack(documents))
-    pack, state = full[stop_after - 1]
+    _pack, state = full[stop_after - 1]
     resumed = [p for p, _ in packer.pack(documents[state.round_start :], state)]
     assert resumed == [p for p, _ in full[stop_after:]]
     assert PackerState(**state.as_dict()) == state
