@@ -32,12 +32,31 @@ def _not_implemented(command: str, issue: str) -> Handler:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmpretrain.config import load_config
+    from mmpretrain.run_config import RunConfig
 
-    load_config(args.config, args.set)  # a bad config fails here, before anything else
-    raise NotImplementedYetError(
-        "`mmpt train` is not implemented yet (planned in issue 'Foundation 3/3'); "
-        "the config is valid: `mmpt config show` prints it resolved"
+    config: RunConfig = load_config(args.config, args.set)  # a bad config fails here, before any work
+    if args.nproc != 1:
+        raise NotImplementedYetError(
+            "`mmpt train --nproc` is not implemented yet (planned in issue 'Scale out on existing engines')"
+        )
+    from pathlib import Path
+
+    from mmpretrain.train.loop import train
+
+    run_dir = Path(args.run_dir or Path("runs") / Path(str(args.config)).stem)
+    result = train(
+        config, run_dir, resume=args.resume, overwrite=args.overwrite, argv=["mmpt", *sys.argv[1:]]
     )
+    if result.end_step == result.start_step:
+        print(f"nothing to do: {run_dir} is at step {result.end_step} of {config.train.max_steps}")
+        return 0
+    loss = "n/a" if result.last_loss is None else f"{result.last_loss:.4f}"
+    print(
+        f"trained steps {result.start_step}..{result.end_step} of {config.train.max_steps}: "
+        f"last loss {loss}, {result.tokens_per_s:,.0f} tokens/s; run directory {run_dir}"
+        + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
+    )
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -45,6 +64,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     print(format_listing(args.kind))
     return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    if args.kind != "bpe":
+        raise NotImplementedYetError(
+            f"`mmpt tokenizer train --kind {args.kind}` is not implemented yet "
+            "(planned in issue 'Discrete media tokenizers'); --kind bpe works"
+        )
+    if args.config is not None:
+        raise UserError("--config is for --kind vq and speech_units; a bpe tokenizer takes --vocab-size")
+    from mmpretrain.tokenizer_cli import train_bpe_command
+
+    return train_bpe_command(args.input, args.vocab_size, args.out, overwrite=args.overwrite)
 
 
 def _cmd_config_schema(args: argparse.Namespace) -> int:
@@ -217,18 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
         "train a BPE, VQ image or speech-unit tokenizer",
         (
             "  mmpt tokenizer train --input corpus.txt --vocab-size 4096 --out tok/\n"
+            "  mmpt tokenizer train --input shakespeare --vocab-size 1024 --out tok-shakespeare/\n"
             "  mmpt tokenizer train --kind vq --input 'data/demo/*.tar' --out vq/"
         ),
-        _not_implemented("mmpt tokenizer train", "Foundation 2/3"),
+        _cmd_tokenizer_train,
         p,
     )
     tok_train.add_argument(
         "--kind", choices=["bpe", "vq", "speech_units"], default="bpe", help="tokenizer kind"
     )
-    tok_train.add_argument("--input", required=True, help="training text or shards")
-    tok_train.add_argument("--vocab-size", type=int, help="learned vocabulary size (special tokens on top)")
+    tok_train.add_argument(
+        "--input",
+        required=True,
+        help="training text: 'shakespeare', .jsonl, .parquet, .tar shards, or text files/dirs/globs",
+    )
+    tok_train.add_argument(
+        "--vocab-size", type=int, help="learned vocabulary size (bpe: required; special tokens on top)"
+    )
     tok_train.add_argument("--config", help="tokenizer config (vq, speech_units)")
     tok_train.add_argument("--out", required=True, help="output tokenizer directory")
+    tok_train.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out (replaces its tokenizer files)"
+    )
     tok_decode = _add(
         tok_sub,
         "decode",
@@ -307,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

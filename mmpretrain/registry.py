@@ -24,7 +24,7 @@ PLUGIN_GROUP = "mmpretrain.plugins"
 
 # Modules whose import registers the built-in components. They keep heavy imports
 # (transformers, timm) inside their builders so that loading them stays cheap.
-BUILTIN_MODULES: tuple[str, ...] = ("mmpretrain.model.llms",)
+BUILTIN_MODULES: tuple[str, ...] = ("mmpretrain.model.llms", "mmpretrain.data.tokenizer")
 
 BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])
 

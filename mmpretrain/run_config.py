@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmpretrain.config import ConfigModel
+from mmpretrain.data.text_pipeline import TextDataConfig
 from mmpretrain.model.config import ModelConfig
 from mmpretrain.train.config import DistributedConfig, OptimConfig, TrainConfig
 
@@ -12,6 +13,8 @@ class RunConfig(ConfigModel):
 
     model: ModelConfig
     """What to build."""
+    data: TextDataConfig | None = None
+    """Training data (required by `mmpt train`; model-only configs leave it out)."""
     train: TrainConfig = TrainConfig()
     """Training loop settings."""
     optim: OptimConfig = OptimConfig()

@@ -34,11 +34,12 @@ NOT_IMPLEMENTED = [
     ["data", "stats", "x.tar", "--json"],
     ["eval", "runs/x", "--task", "t"],
     ["export", "runs/x", "--to", "hf", "--out", "y"],
-    ["tokenizer", "train", "--input", "x.txt", "--out", "tok"],
+    ["tokenizer", "train", "--kind", "vq", "--input", "x.txt", "--out", "tok"],
+    ["tokenizer", "train", "--kind", "speech_units", "--input", "x.txt", "--out", "tok"],
     ["tokenizer", "decode", "tok", "--ids", "ids.json", "--out", "x.png"],
     ["plot", "runs/x"],
     ["demo", "--quick"],
-    ["train", "tiny"],
+    ["train", "tiny", "--nproc", "2"],
 ]
 
 

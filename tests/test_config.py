@@ -212,4 +212,4 @@ def test_cli_config_schema_lists_every_key(capsys: pytest.CaptureFixture[str]) -
     code, out, _ = run_cli(capsys, "config", "schema", "optim")
     assert code == 0 and "optim.lr" in out and "train.max_steps" not in out
     code, _, err = run_cli(capsys, "config", "schema", "nosuch")
-    assert code == 2 and "sections: distributed, model, optim, train" in err
+    assert code == 2 and "sections: data, distributed, model, optim, train" in err

@@ -37,6 +37,11 @@ class TrainConfig(ConfigModel):
     """bf16 runs the forward pass under autocast; parameters and optimizer stay fp32."""
     compile: bool = False
     """torch.compile the model after kernels and activation checkpointing are applied."""
+    nan_policy: Literal["raise", "skip"] = "raise"
+    """On a non-finite loss or gradient: stop with the step and sample keys, or skip the
+    optimizer step (counted, up to max_nan_skips)."""
+    max_nan_skips: int = Field(10, ge=0)
+    """nan_policy=skip: stop after this many skipped steps."""
 
 
 class OptimConfig(ConfigModel):

@@ -1,0 +1,199 @@
+"""The training loop: one function that reads top to bottom (helpers do the rest)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmpretrain.data.text_pipeline import TextBatchStream, TextStreamState, tokenizer_for_run
+from mmpretrain.data.tokenizer import TextTokenizer
+from mmpretrain.errors import ConfigError, NotImplementedYetError, UserError
+from mmpretrain.model.packed import packed_logits, token_loss_sum
+from mmpretrain.registry import LLMS
+from mmpretrain.run_config import RunConfig
+from mmpretrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpretrain.train.metrics import MetricsLogger, truncate_metrics
+from mmpretrain.train.optim import build_optimizer
+from mmpretrain.train.run_dir import check_resume_config, config_hash, prepare_run_dir, record_run
+from mmpretrain.train.schedule import lr_at
+from mmpretrain.train.signals import GracefulStop
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a call to :func:`train` did."""
+
+    run_dir: Path
+    start_step: int
+    end_step: int
+    last_loss: float | None
+    checkpoint: Path | None
+    stopped_by: str | None  # None (finished or stop_after_steps) or the signal's name
+    tokens_per_s: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: RunConfig, tokenizer: TextTokenizer) -> nn.Module:
+    """The model of ``cfg`` (a decoder LLM for now), checked against the tokenizer."""
+    llm_cfg: Any = cfg.model.llm
+    if llm_cfg.pretrained is None and llm_cfg.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.llm.vocab_size {llm_cfg.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} tokens: set model.llm.vocab_size >= {tokenizer.vocab_size}"
+        )
+    model: nn.Module = LLMS.build(llm_cfg)
+    embeddings = model.get_input_embeddings().num_embeddings  # type: ignore[operator]
+    if embeddings < tokenizer.vocab_size:
+        raise ConfigError(
+            f"the LLM has {embeddings} embeddings but the tokenizer has {tokenizer.vocab_size} tokens"
+        )
+    return model
+
+
+def _check_supported(cfg: RunConfig) -> None:
+    if cfg.distributed.backend != "none":
+        raise NotImplementedYetError(
+            f"distributed.backend={cfg.distributed.backend} is not implemented yet (planned in issue "
+            "'Scale out on existing engines'); use distributed.backend=none"
+        )
+    if cfg.data is None:
+        raise ConfigError("the config has no `data` section: add data.sources (see configs/text/tiny.yaml)")
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    argv: list[str] | None = None,
+) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (continuing its newest checkpoint with ``resume``)."""
+    _check_supported(cfg)
+    assert cfg.data is not None
+    prepare_run_dir(run_dir, resume, overwrite)
+    if resume:
+        check_resume_config(run_dir, cfg)
+    record_run(run_dir, cfg, argv)
+    seed_everything(cfg.train.seed)
+    tokenizer = tokenizer_for_run(cfg.data, run_dir)
+    model = build_model(cfg, tokenizer)
+    model.train()
+    optimizer = build_optimizer(model, cfg.optim)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    step, tokens, nan_skips, data_state = 0, 0, 0, TextStreamState()
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint, model, optimizer)
+        step, tokens, nan_skips = saved["step"], saved["tokens"], saved["nan_skips"]
+        data_state = TextStreamState.from_dict(saved["data"])
+        truncate_metrics(run_dir, step)
+    start_step = step
+    stream = TextBatchStream(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.batch_size, cfg.train.seed)
+    batches = stream.batches(data_state)
+    forward_model = torch.compile(model) if cfg.train.compile else model
+    end_step = cfg.train.max_steps
+    if cfg.train.stop_after_steps is not None:
+        end_step = min(end_step, start_step + cfg.train.stop_after_steps)
+    autocast = (
+        torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        if cfg.train.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+
+    def checkpoint_now() -> Path:
+        state = {
+            "tokens": tokens,
+            "nan_skips": nan_skips,
+            "data": data_state.as_dict(),
+            "config_hash": config_hash(cfg),
+        }
+        return save_checkpoint(run_dir, step, model, optimizer, state, cfg.train.keep_last)
+
+    last_loss: float | None = None
+    saved_path: Path | None = checkpoint
+    window_start, window_tokens = time.perf_counter(), 0
+    run_start, run_tokens = window_start, 0
+    with GracefulStop() as stop, MetricsLogger(run_dir, cfg.train.max_steps, start_step) as log:
+        if checkpoint is not None:
+            log.message(f"resumed from {checkpoint} (step {start_step})")
+        while step < end_step and not stop.requested:
+            lr = lr_at(step, cfg.optim, cfg.train.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
+            label_tokens = max(sum(b.num_label_tokens() for b, _ in micro_batches), 1)
+            loss_sum_total = 0.0
+            for batch, _ in micro_batches:
+                with autocast:
+                    logits = packed_logits(forward_model, batch)
+                loss_sum, _ = token_loss_sum(logits, batch.labels)
+                (loss_sum / label_tokens).backward()
+                loss_sum_total += loss_sum.item()
+            loss = loss_sum_total / label_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or math.inf).item()
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                nan_skips += 1
+                keys = [k for b, _ in micro_batches for row in b.keys for k in row][:6]
+                where = f"non-finite loss {loss} (grad norm {grad_norm}) at step {step + 1}, samples {keys}"
+                if cfg.train.nan_policy == "raise":
+                    raise UserError(
+                        f"{where}; set train.nan_policy=skip to skip such steps, or lower optim.lr"
+                    )
+                if nan_skips > cfg.train.max_nan_skips:
+                    raise UserError(
+                        f"{where}: {nan_skips} non-finite steps skipped (limit train.max_nan_skips)"
+                    )
+                log.message(f"warning: {where}: step skipped ({nan_skips}/{cfg.train.max_nan_skips})")
+            else:
+                optimizer.step()
+                last_loss = loss
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            data_state = micro_batches[-1][1]
+            step_tokens = sum(int((b.doc_ids >= 0).sum()) for b, _ in micro_batches)
+            tokens += step_tokens
+            window_tokens += step_tokens
+            run_tokens += step_tokens
+            if step % cfg.train.log_every == 0 or step == end_step:
+                elapsed = time.perf_counter() - window_start
+                slots = sum(b.input_ids.numel() for b, _ in micro_batches)
+                log.log(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens": tokens,
+                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                        "packing_efficiency": step_tokens / slots,
+                        "nan_skips": nan_skips,
+                    }
+                )
+                window_start, window_tokens = time.perf_counter(), 0
+            else:
+                log.advance(step)
+            if step % cfg.train.save_every == 0 or step == end_step or stop.requested:
+                saved_path = checkpoint_now()
+        if stop.requested and saved_path is not None:
+            log.message(f"received {stop.signal_name}: saved {saved_path}; continue with --resume")
+    elapsed = max(time.perf_counter() - run_start, 1e-9)
+    return TrainResult(
+        run_dir, start_step, step, last_loss, saved_path, stop.signal_name, run_tokens / elapsed
+    )
