@@ -91,7 +91,7 @@ class SkipCounter:
         raise DataFormatError(
             f"too many bad records in {self.name}: {self.skipped} of {seen} skipped "
             f"({self.skipped / seen:.1%}, limit {self.max_fraction:.1%}); first: {self.examples[0]}; "
-            "raise data.max_skip_fraction or fix the data"
+            "fix the data (or allow a larger fraction of bad records)"
         )
 
     # ------------------------------------------------------------------ reporting

@@ -59,6 +59,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmpretrain.demo import run_demo
+
+    return run_demo(Path(args.out), args.quick)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from mmpretrain.listing import format_listing
 
@@ -321,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "build demo data, train, evaluate and export a tiny model end to end",
         "  mmpt demo\n  mmpt demo --quick --out runs/demo-quick",
-        _not_implemented("mmpt demo", "make demo"),
+        _cmd_demo,
         p,
     )
     demo.add_argument("--out", default="runs/demo", help="output directory")

@@ -38,7 +38,6 @@ NOT_IMPLEMENTED = [
     ["tokenizer", "train", "--kind", "speech_units", "--input", "x.txt", "--out", "tok"],
     ["tokenizer", "decode", "tok", "--ids", "ids.json", "--out", "x.png"],
     ["plot", "runs/x"],
-    ["demo", "--quick"],
     ["train", "tiny", "--nproc", "2"],
 ]
 
