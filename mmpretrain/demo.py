@@ -35,9 +35,8 @@ def run_demo(out: Path, quick: bool) -> int:
         shutil.rmtree(out)
     config: RunConfig = load_config("tiny", QUICK_OVERRIDES if quick else [])
     run_dir = out / "text"
-    print(
-        f"[1/3] training `tiny` ({config.train.max_steps} steps, seq_len {config.train.seq_len}) into {run_dir}"
-    )
+    steps, seq_len, batch_size = config.train.max_steps, config.train.seq_len, config.train.batch_size
+    print(f"[1/3] training `tiny` ({steps} steps, seq_len {seq_len}) into {run_dir}")
     result = train(config, run_dir)
     records = read_metrics(run_dir)
 
@@ -74,7 +73,7 @@ def run_demo(out: Path, quick: bool) -> int:
         "demo summary",
         f"  model            llama, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
         f"(configs/text/tiny.yaml{' --quick' if quick else ''})",
-        f"  steps            {result.end_step} ({config.train.batch_size} x {config.train.seq_len} tokens per step)",
+        f"  steps            {result.end_step} ({batch_size} x {seq_len} tokens per step)",
         f"  loss             {records[0]['loss']:.3f} (step {records[0]['step']}) -> "
         f"{records[-1]['loss']:.3f} (step {records[-1]['step']})",
         f"  held-out loss    {loss:.3f} over {tokens:,} tokens",
