@@ -88,7 +88,9 @@ class MetricsLogger:
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"train/{key}", value, record["step"])
         if self._progress is not None:
-            self._progress.update(self._task, completed=record["step"], description=_format(record))
+            compact = f"loss {record.get('loss', math.nan):.4f}  {record.get('tokens_per_s', 0):,.0f} tok/s"
+            self._progress.update(self._task, completed=record["step"], description=compact)
+            self._progress.console.print(_format(record), highlight=False)
         else:
             print(_format(record), flush=True)
 
