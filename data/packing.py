@@ -11,24 +11,35 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-import torch
-
-from mmpretrain.data.types import IGNORE_INDEX, PackedBatch
+from mmpretrain.data.types import PackedBatch
 
 
-def best_fit_pack(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+@dataclass(frozen=True)
+class PackLimit:
+    """A second capacity of every pack besides its length: ``amounts[i]`` of item ``i``
+    must sum to at most ``capacity`` per pack (e.g. images per pack, audio seconds)."""
+
+    amounts: Sequence[float]
+    capacity: float
+
+
+def best_fit_pack(lengths: Sequence[int], seq_len: int, limits: Sequence[PackLimit] = ()) -> list[list[int]]:
     """Pack items of the given lengths into bins of capacity ``seq_len``.
 
     Best-fit decreasing: items are placed longest first, each into the open bin whose
     free space is the smallest that still fits it (ties: the most recently filled bin),
     or into a new bin. Free spaces are kept as a sorted list of distinct values with a
     stack of bins per value, so a placement is a binary search: O(n log L) overall.
+    With ``limits`` a bin must also have room for the item's amounts; the search then
+    moves on to the next-tightest bins (rarely more than a few steps).
 
     Returns the indices of the items in each bin, bins in creation order; every index
-    appears exactly once and no bin exceeds ``seq_len``. Every length must lie in
-    ``[0, seq_len]`` (split longer documents first: :func:`split_tokens`).
+    appears exactly once and no bin exceeds ``seq_len`` or a limit. Every length must lie
+    in ``[0, seq_len]`` (split longer documents first: :func:`split_tokens`) and every
+    amount within its limit's capacity.
     """
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -36,25 +47,45 @@ def best_fit_pack(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
     if order and not (lengths[order[-1]] >= 0 and lengths[order[0]] <= seq_len):
         bad = next(i for i in order if not 0 <= lengths[i] <= seq_len)
         raise ValueError(f"item {bad} has length {lengths[bad]}, outside [0, {seq_len}]")
+    for limit in limits:
+        if len(limit.amounts) != len(lengths) or any(a > limit.capacity for a in limit.amounts):
+            raise ValueError(f"a limit needs one amount per item, each at most its capacity {limit.capacity}")
     bins: list[list[int]] = []
+    used: list[list[float]] = []  # per bin, the amount used of each limit
     free_values: list[int] = []  # sorted distinct free spaces of open bins
     bins_by_free: dict[int, list[int]] = {}
+
+    def within_limits(bin_id: int, index: int) -> bool:
+        return all(used[bin_id][k] + limit.amounts[index] <= limit.capacity for k, limit in enumerate(limits))
+
     for index in order:
         length = lengths[index]
+        bin_id, old_free = -1, -1
         position = bisect.bisect_left(free_values, length)
-        if position == len(free_values):
-            bin_id = len(bins)
-            bins.append([index])
-            free = seq_len - length
+        if not limits:  # fast path: the tightest bin always fits
+            if position < len(free_values):
+                old_free = free_values[position]
+                bin_id = bins_by_free[old_free].pop()
         else:
-            old_free = free_values[position]
-            stack = bins_by_free[old_free]
-            bin_id = stack.pop()
-            if not stack:
-                del bins_by_free[old_free]
-                del free_values[position]
-            bins[bin_id].append(index)
-            free = old_free - length
+            while position < len(free_values) and bin_id < 0:
+                stack = bins_by_free[free_values[position]]
+                candidate = next((b for b in reversed(stack) if within_limits(b, index)), None)
+                if candidate is None:
+                    position += 1
+                    continue
+                bin_id, old_free = candidate, free_values[position]
+                stack.remove(candidate)
+        if bin_id >= 0 and not bins_by_free[old_free]:
+            del bins_by_free[old_free]
+            del free_values[position]
+        if bin_id < 0:
+            bin_id, old_free = len(bins), seq_len
+            bins.append([])
+            used.append([0.0] * len(limits))
+        bins[bin_id].append(index)
+        for k, limit in enumerate(limits):
+            used[bin_id][k] += limit.amounts[index]
+        free = old_free - length
         same_free = bins_by_free.get(free)  # full bins stay too: empty items still fit them
         if same_free is None:
             bins_by_free[free] = [bin_id]
@@ -101,54 +132,71 @@ class PackerState:
         return {"round_start": self.round_start, "emitted": self.emitted}
 
 
-@dataclass
-class TextPacker:
-    """Streaming best-fit packer: buffers ``buffer_docs`` documents, packs them with
-    :func:`best_fit_pack` and emits the packs in a seeded shuffled order.
+DocumentT = TypeVar("DocumentT")
 
-    Documents longer than ``seq_len`` are split into pieces first. Each emitted pack
-    comes with the :class:`PackerState` to resume after it.
+
+@dataclass
+class RoundPacker(Generic[DocumentT]):
+    """Streaming packer: buffers ``buffer_docs`` documents, packs the round with
+    :meth:`pack_round` and emits the packs in a seeded shuffled order (best-fit makes
+    bins longest-document first; shuffling mixes lengths across batches).
+
+    Each emitted pack comes with the :class:`PackerState` to resume after it: the
+    packing is deterministic, so a resumed run re-reads the round and skips what was
+    already emitted.
     """
 
     seq_len: int
     buffer_docs: int = 2048
     seed: int = 0
-    _pieces: list[PackedDocument] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0 or self.buffer_docs <= 0:
             raise ValueError("seq_len and buffer_docs must be positive")
 
+    def pack_round(self, buffer: list[DocumentT]) -> list[list[DocumentT]]:
+        """Split and pack one round of documents (subclasses)."""
+        raise NotImplementedError
+
     def pack(
-        self, documents: Iterable[PackedDocument], state: PackerState | None = None
-    ) -> Iterator[tuple[list[PackedDocument], PackerState]]:
+        self, documents: Iterable[DocumentT], state: PackerState | None = None
+    ) -> Iterator[tuple[list[DocumentT], PackerState]]:
         """Yield ``(pack, state_after_pack)``. ``documents`` must start at
         ``state.round_start`` of the stream the state was taken from."""
         state = state or PackerState()
         round_start, skip = state.round_start, state.emitted
-        buffer: list[PackedDocument] = []
-        consumed = 0
+        buffer: list[DocumentT] = []
         for document in documents:
             buffer.append(document)
-            consumed += 1
-            if consumed == self.buffer_docs:
-                yield from self._emit_round(buffer, round_start, skip, round_start + consumed)
-                round_start, skip, buffer, consumed = round_start + consumed, 0, [], 0
+            if len(buffer) == self.buffer_docs:
+                yield from self._emit_round(buffer, round_start, skip)
+                round_start, skip, buffer = round_start + len(buffer), 0, []
         if buffer:
-            yield from self._emit_round(buffer, round_start, skip, round_start + consumed)
+            yield from self._emit_round(buffer, round_start, skip)
 
     def _emit_round(
-        self, buffer: list[PackedDocument], round_start: int, skip: int, next_round: int
-    ) -> Iterator[tuple[list[PackedDocument], PackerState]]:
-        pieces = [piece for doc in buffer for piece in split_document(doc, self.seq_len)]
-        packs = [
-            [pieces[i] for i in bin_] for bin_ in best_fit_pack([len(p.tokens) for p in pieces], self.seq_len)
-        ]
-        # Best-fit creates bins longest-document first; shuffle so batches mix lengths.
+        self, buffer: list[DocumentT], round_start: int, skip: int
+    ) -> Iterator[tuple[list[DocumentT], PackerState]]:
+        packs = self.pack_round(buffer)
         random.Random(self.seed * 1_000_003 + round_start).shuffle(packs)
+        next_round = round_start + len(buffer)
         for number, pack in enumerate(packs[skip:], start=skip + 1):
-            done = number == len(packs)
-            yield pack, PackerState(next_round, 0) if done else PackerState(round_start, number)
+            yield (
+                pack,
+                PackerState(next_round, 0) if number == len(packs) else PackerState(round_start, number),
+            )
+
+
+@dataclass
+class TextPacker(RoundPacker[PackedDocument]):
+    """Round packer for text: documents longer than ``seq_len`` are split into pieces,
+    then :func:`best_fit_pack`."""
+
+    def pack_round(self, buffer: list[PackedDocument]) -> list[list[PackedDocument]]:
+        """Split long documents and best-fit pack the round."""
+        pieces = [piece for doc in buffer for piece in split_document(doc, self.seq_len)]
+        bins = best_fit_pack([len(p.tokens) for p in pieces], self.seq_len)
+        return [[pieces[i] for i in bin_] for bin_ in bins]
 
 
 def build_text_batch(packs: Sequence[Sequence[PackedDocument]], seq_len: int, pad_id: int) -> PackedBatch:
@@ -157,30 +205,12 @@ def build_text_batch(packs: Sequence[Sequence[PackedDocument]], seq_len: int, pa
     Each document restarts its position ids at 0, gets its own doc id, and has label
     -100 at its first position (transformers shifts labels inside the model, so this
     stops the previous document from predicting it); padding gets doc id -1, label
-    -100 and the pad token.
+    -100 and the pad token. (Text-only case of :func:`~mmpretrain.data.layout.layout_batch`.)
     """
-    rows = len(packs)
-    input_ids = torch.full((rows, seq_len), pad_id, dtype=torch.long)
-    labels = torch.full((rows, seq_len), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros((rows, seq_len), dtype=torch.long)
-    doc_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
-    keys: list[list[str]] = []
-    for row, pack in enumerate(packs):
-        offset = 0
-        for doc_id, document in enumerate(pack):
-            length = len(document.tokens)
-            if offset + length > seq_len:
-                raise ValueError(f"pack {row} holds {offset + length} tokens, more than seq_len {seq_len}")
-            tokens = torch.tensor(document.tokens, dtype=torch.long)
-            span = slice(offset, offset + length)
-            input_ids[row, span] = tokens
-            labels[row, span] = tokens
-            labels[row, offset] = IGNORE_INDEX
-            position_ids[row, span] = torch.arange(length)
-            doc_ids[row, span] = doc_id
-            offset += length
-        keys.append([document.key for document in pack])
-    return PackedBatch(input_ids, labels, position_ids, doc_ids, keys=keys)
+    from mmpretrain.data.layout import MediaDocument, layout_batch
+
+    documents = [[MediaDocument(d.key, [d.tokens]) for d in pack] for pack in packs]
+    return layout_batch(documents, seq_len, pad_id)
 
 
 def text_efficiency(packs: Sequence[Sequence[int]], lengths: Sequence[int], seq_len: int) -> float:

@@ -112,6 +112,9 @@ class MediaBatch:
     spans: list[tuple[int, int, int]]
     placeholder_id: int
     keys: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    """Valid length of each item along the last dimension of ``inputs`` when items of
+    different sizes were zero-padded to stack them (empty = every item is full size)."""
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MediaBatch:
         """A copy with ``inputs`` on ``device``."""
@@ -121,6 +124,7 @@ class MediaBatch:
             spans=list(self.spans),
             placeholder_id=self.placeholder_id,
             keys=list(self.keys),
+            sizes=list(self.sizes),
         )
 
 
