@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from mmpretrain import __version__
+from mmpretrain.data_cli import data_build_command
 from mmpretrain.errors import NotImplementedYetError, UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -186,13 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
             "  mmpt data build --format demo --out data/demo\n"
             "  mmpt data build --format captions --input blip_laion.json --images-dir images --out shards/"
         ),
-        _not_implemented("mmpt data build", "Multimodal shards 1/2"),
+        data_build_command,
         p,
     )
     build.add_argument("--format", required=True, help="input format (demo, captions, interleaved, asr, ...)")
     build.add_argument("--input", help="input file or directory")
     build.add_argument("--images-dir", help="directory the input's image paths are relative to")
     build.add_argument("--out", required=True, help="output directory for shards and index.json")
+    build.add_argument("--samples", type=int, default=600, help="demo: number of samples (default 600)")
+    build.add_argument("--shards", type=int, default=4, help="demo: number of shards (default 4)")
+    build.add_argument("--seed", type=int, default=0, help="demo: random seed (default 0)")
+    build.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out (replaces an earlier build)"
+    )
     inspect = _add(
         data_sub,
         "inspect",

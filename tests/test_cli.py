@@ -29,7 +29,7 @@ SUBCOMMANDS = [
 ]
 
 NOT_IMPLEMENTED = [
-    ["data", "build", "--format", "demo", "--out", "x"],
+    ["data", "build", "--format", "captions", "--out", "x"],
     ["data", "inspect", "x.tar"],
     ["data", "stats", "x.tar", "--json"],
     ["eval", "runs/x", "--task", "t"],
