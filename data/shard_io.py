@@ -206,6 +206,12 @@ class ShardWriter:
         self._samples += 1
         self._bytes += size
 
+    def next_shard(self) -> None:
+        """Finish the current shard now: the next write starts a new one (for builders
+        that decide shard boundaries themselves). No-op before the first write of a shard."""
+        if self._tar is not None:
+            self._finish_shard()
+
     def close(self) -> None:
         """Finish the current shard; further writes are errors. Safe to call twice."""
         if self._tar is not None:

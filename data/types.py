@@ -224,17 +224,15 @@ class PackedBatch:
         causal = idx[None, :] <= idx[:, None]  # [L(query), L(key)]
         if sliding_window is not None:
             causal = causal & (idx[:, None] - idx[None, :] < sliding_window)
-        same_doc = doc[:, :, None] == doc[:, None, :]  # [B, L, L]
-        real_query = (doc >= 0)[:, :, None]
-        # Padding shares doc id -1 with other padding, so it is excluded from the block
-        # rule and given only its diagonal entry.
-        diagonal = torch.eye(length, dtype=torch.bool, device=doc.device)
-        allowed = (same_doc & causal & real_query) | diagonal
-        allowed = allowed[:, None, :, :]
+        # Every padding position gets a unique negative id, so the same-document rule
+        # alone lets it attend only to itself (fewer [B, L, L] passes than a separate
+        # diagonal term: this runs every step).
+        group = torch.where(doc >= 0, doc, -1 - idx)
+        allowed = (group[:, None, :, None] == group[:, None, None, :]) & causal  # [B, 1, L, L]
         if kind == "bool":
             return allowed
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=doc.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        zero = torch.zeros((), dtype=dtype, device=doc.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)
 
     def _varlen(self) -> VarlenInfo:
         flat = self.doc_ids.reshape(-1)

@@ -20,18 +20,21 @@ from PIL import Image
 
 from mmpretrain.cli import main
 from mmpretrain.data import demo_data as demo
+from mmpretrain.data import demo_scenes as scene_module
+from mmpretrain.data import demo_speech as speech
 from mmpretrain.data import validate_sample_json
-from mmpretrain.data.demo_data import (
+from mmpretrain.data.demo_data import SAMPLE_KINDS, build_demo_dataset
+from mmpretrain.data.demo_scenes import (
     COLOURS,
-    SAMPLE_KINDS,
     SHAPE_KINDS,
     Scene,
-    build_demo_dataset,
     caption,
     count_sentence,
     counting_qa,
     random_scene,
     render_scene,
+)
+from mmpretrain.data.demo_speech import (
     speak,
 )
 from mmpretrain.data.shard_io import iter_shard_samples
@@ -88,7 +91,7 @@ def test_count_sentence_is_true() -> None:
     for scene in scenes(200, seed=1):
         text = count_sentence(scene)
         total = len(scene.shapes)
-        assert (f"{demo.NUMBER_WORDS[total]} shape" in text) or total == 1
+        assert (f"{scene_module.NUMBER_WORDS[total]} shape" in text) or total == 1
         for kind in SHAPE_KINDS:
             n = scene.count(kind=kind)
             assert (re.search(rf"\b{kind}", text) is not None) == (n > 0), text
@@ -129,10 +132,10 @@ def test_rendered_images_show_the_shapes() -> None:
             for col in range(3):
                 if (row, col) not in used:
                     x, y = int((col + 0.5) * cell), int((row + 0.5) * cell)
-                    assert tuple(pixels[y, x]) == demo.BACKGROUND
+                    assert tuple(pixels[y, x]) == scene_module.BACKGROUND
     scene = scenes(1, seed=4)[0]
-    assert demo.png_bytes(render_scene(scene)) == demo.png_bytes(render_scene(scene))
-    assert Image.open(io.BytesIO(demo.png_bytes(render_scene(scene)))).size == (64, 64)
+    assert scene_module.png_bytes(render_scene(scene)) == scene_module.png_bytes(render_scene(scene))
+    assert Image.open(io.BytesIO(scene_module.png_bytes(render_scene(scene)))).size == (64, 64)
 
 
 @needs_espeak
@@ -149,7 +152,7 @@ def test_speak_gives_16khz_mono_flac_of_plausible_length() -> None:
 
 
 def test_speak_without_espeak_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    monkeypatch.setattr(speech.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match=r"install espeak-ng \(make setup does it as root"):
         speak("hello")
 
@@ -159,7 +162,7 @@ def test_resample_keeps_pitch_and_duration(scipy: bool, monkeypatch: pytest.Monk
     if not scipy:
         monkeypatch.setitem(sys.modules, "scipy.signal", None)  # import fails: numpy fallback
     t = np.arange(22050) / 22050
-    out = demo.resample(np.sin(2 * np.pi * 440 * t), 22050, 16000)
+    out = speech.resample(np.sin(2 * np.pi * 440 * t), 22050, 16000)
     assert len(out) == 16000
     assert int(np.argmax(np.abs(np.fft.rfft(out)))) == 440  # 1 s: bin index = Hz
 

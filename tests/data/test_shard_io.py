@@ -267,3 +267,13 @@ def test_missing_shard(tmp_path: Path) -> None:
         read(tmp_path / "nope.tar")
     with pytest.raises(DataFormatError, match="is a directory"):
         read(tmp_path)
+
+
+def test_next_shard_starts_a_new_shard(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, max_samples=100) as writer:
+        writer.next_shard()  # nothing written yet: no empty shard
+        for i in range(5):
+            if i in (2, 3):
+                writer.next_shard()
+            writer.write(Sample(key=f"k{i}", source="t", segments=[Segment(kind="text", text="x")]))
+    assert writer.samples_per_shard == [2, 1, 2]
