@@ -1,0 +1,225 @@
+"""Shards in, packed multimodal batches out, with an exact, resumable position.
+
+:class:`ShardReader` yields decoded samples with the reader state after each one; each
+sample becomes a :class:`MediaDocument` (text tokenized, every media item preprocessed
+by its modality's :class:`MediaProcessor`, which also says how many LLM positions it
+takes); :class:`MediaPacker` packs rounds of documents. The stream state is the reader
+state at the start of the current packing round, the absolute document index of that
+round, and the packs already emitted from it: resuming re-reads the round and skips
+those packs, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from pydantic import Field
+
+from mmpretrain.config import ConfigModel
+from mmpretrain.data.decoders import DecodedSample, DecodedSegment
+from mmpretrain.data.layout import LossMask, MediaDocument, MediaItem, MediaTokenIds, Part, layout_batch
+from mmpretrain.data.media_packing import MediaPacker, PackBudget
+from mmpretrain.data.packing import PackerState
+from mmpretrain.data.reader import ReaderConfig, ReaderState, ShardReader
+from mmpretrain.data.skips import SkipCounter
+from mmpretrain.data.tokenizer import TextTokenizer
+from mmpretrain.data.types import PackedBatch
+
+
+class MediaProcessor(Protocol):
+    """What the pipeline needs from an encoder (+ connector) for one modality."""
+
+    modality: str
+
+    def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
+        """The encoder's input tensor for one decoded media segment."""
+        ...
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """LLM positions of the item: ``connector.num_tokens(encoder.num_tokens(item))``."""
+        ...
+
+
+@dataclass(frozen=True)
+class StandInImageProcessor:
+    """Resize to ``size`` x ``size`` and normalise to [-1, 1]; ``(size / patch)**2``
+    tokens. Stands in for an encoder's own preprocessing until the model issue."""
+
+    size: int = 32
+    patch: int = 8
+    modality: str = "image"
+
+    def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
+        """[3, size, size] float tensor."""
+        assert segment.image is not None
+        image = segment.image.convert("RGB").resize((self.size, self.size))
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
+        return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """Patches of the image."""
+        return (inputs.shape[-1] // self.patch) * (inputs.shape[-2] // self.patch)
+
+
+@dataclass(frozen=True)
+class StandInAudioProcessor:
+    """Mono 16 kHz waveform as is; ``tokens_per_second`` positions per second (Whisper
+    + a 4x frame stack gives 12.5). Stands in until the model issue brings encoders."""
+
+    tokens_per_second: float = 12.5
+    modality: str = "audio"
+
+    def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
+        """[samples] float tensor (resampled to 16 kHz when needed)."""
+        assert segment.audio is not None and segment.sample_rate
+        wave = torch.from_numpy(segment.audio.astype("float32", copy=False))
+        if segment.sample_rate != 16000:
+            wave = torch.nn.functional.interpolate(
+                wave[None, None], scale_factor=16000 / segment.sample_rate, mode="linear"
+            )[0, 0]
+        return wave
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """Positions for the clip's duration."""
+        return max(1, math.ceil(inputs.shape[-1] / 16000 * self.tokens_per_second))
+
+
+class MediaDataConfig(ConfigModel):
+    """Interleaved image-text-speech training data from shards."""
+
+    reader: ReaderConfig
+    """Shards and how to read them (shuffle, workers, limits, error budget)."""
+    buffer_docs: int = Field(512, gt=0)
+    """Documents packed together per round."""
+    max_images_per_pack: int | None = Field(8, gt=0)
+    """At most this many images in one packed sequence (None: no limit)."""
+    max_audio_seconds_per_pack: float | None = Field(None, gt=0)
+    """At most this much audio in one packed sequence (None: no limit)."""
+    loss_on_text_before_first_media: bool = True
+    """False: no loss on a document's text before its first media item (e.g. a prompt)."""
+
+
+@dataclass(frozen=True)
+class MediaStreamState:
+    """Reader state at the start of the current packing round, that round's absolute
+    document index, and the packs already emitted from it."""
+
+    reader: ReaderState | None = None
+    round_start: int = 0
+    emitted: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for checkpoints."""
+        reader = self.reader.as_dict() if self.reader is not None else None
+        return {"reader": reader, "round_start": self.round_start, "emitted": self.emitted}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MediaStreamState:
+        """Inverse of :meth:`as_dict`."""
+        reader = ReaderState.from_dict(data["reader"]) if data.get("reader") is not None else None
+        return cls(reader, int(data["round_start"]), int(data["emitted"]))
+
+
+def to_media_document(
+    sample: DecodedSample, tokenizer: TextTokenizer, processors: dict[str, MediaProcessor]
+) -> MediaDocument:
+    """Tokenize text (EOS at the end), preprocess media; audio transcripts stay out of
+    the token stream (a paired text segment carries them when the data wants them)."""
+    parts: list[Part] = []
+    for segment in sample.segments:
+        if segment.kind == "text":
+            parts.append(tokenizer.encode(segment.text or ""))
+            continue
+        processor = processors.get(segment.kind)
+        if processor is None:
+            raise KeyError(segment.kind)
+        inputs = processor.preprocess(segment)
+        seconds = (
+            len(segment.audio) / segment.sample_rate
+            if segment.audio is not None and segment.sample_rate
+            else 0.0
+        )
+        parts.append(MediaItem(segment.kind, processor.num_tokens(inputs), inputs, seconds))
+    parts.append([tokenizer.eos_id])
+    return MediaDocument(sample.key, parts)
+
+
+class MediaBatchStream:
+    """Endless packed multimodal batches of ``batch_size`` x ``seq_len`` for one rank."""
+
+    def __init__(
+        self,
+        cfg: MediaDataConfig,
+        tokenizer: TextTokenizer,
+        processors: dict[str, MediaProcessor],
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.processors = processors
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.reader = ShardReader(cfg.reader, rank=rank, world_size=world_size, seed=seed)
+        budget = PackBudget(cfg.max_images_per_pack, cfg.max_audio_seconds_per_pack)
+        self.packer = MediaPacker(seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed)
+        self.loss_mask = LossMask(cfg.loss_on_text_before_first_media)
+        self.ids = MediaTokenIds.from_tokenizer(tokenizer)
+        self.skips = SkipCounter(max_skips=None, name="media documents")
+
+    def _fits(self, document: MediaDocument) -> str | None:
+        """Why a document can never be packed (None if it can)."""
+        for part in document.parts:
+            if isinstance(part, MediaItem) and part.length > self.seq_len:
+                return (
+                    f"a {part.modality} item takes {part.length} positions, more than seq_len {self.seq_len}"
+                )
+            limit = self.cfg.max_audio_seconds_per_pack
+            if isinstance(part, MediaItem) and limit is not None and part.seconds > limit:
+                return f"an audio item of {part.seconds:.1f} s exceeds max_audio_seconds_per_pack {limit}"
+        return None
+
+    def _documents(
+        self, state: ReaderState | None, marks: dict[int, ReaderState], first: int
+    ) -> Iterator[MediaDocument]:
+        """Documents from ``state`` on; ``marks[n]`` = reader state before document n."""
+        number = first
+        marks[number] = state or self.reader.initial_state()
+        for sample, after in self.reader.samples(state):
+            try:
+                document = to_media_document(sample, self.tokenizer, self.processors)
+            except KeyError as missing:
+                self.skips.skip("no_processor", f"{sample.shard}:{sample.key}", f"no processor for {missing}")
+                continue
+            problem = self._fits(document)
+            if problem is not None:
+                self.skips.skip("media_too_long", f"{sample.shard}:{sample.key}", problem)
+                continue
+            self.skips.ok()
+            number += 1
+            marks[number] = after
+            yield document
+
+    def batches(
+        self, state: MediaStreamState | None = None
+    ) -> Iterator[tuple[PackedBatch, MediaStreamState]]:
+        """Yield ``(batch, state_after_batch)`` forever, starting at ``state``."""
+        state = state or MediaStreamState()
+        marks: dict[int, ReaderState] = {}
+        documents = self._documents(state.reader, marks, state.round_start)
+        rows = []
+        for pack, after in self.packer.pack(documents, PackerState(state.round_start, state.emitted)):
+            rows.append(pack)
+            for stale in [n for n in marks if n < after.round_start]:
+                del marks[stale]
+            if len(rows) == self.batch_size:
+                batch = layout_batch(rows, self.seq_len, self.tokenizer.pad_id, self.ids, self.loss_mask)
+                rows = []
+                yield batch, MediaStreamState(marks[after.round_start], after.round_start, after.emitted)
