@@ -459,18 +459,20 @@ def reader_stats(
     patterns: str | Sequence[str],
     limits: DecodeLimits | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> dict[str, Any]:
     """One in-order pass over the shards, decoding everything (``mmpt data stats``).
 
     Returns ``shards``, ``samples`` (good), ``skipped``, ``errors_by_reason``, ``images``,
-    ``audio_clips``, ``audio_seconds``, ``text_chars`` (text segments and transcripts) and
-    ``examples`` (the first skip messages). ``progress(done, total, shard)`` is called
-    before each shard.
+    ``audio_clips``, ``audio_seconds``, ``text_chars`` (text segments and transcripts),
+    ``text_tokens`` of text segments (by ``count_tokens``, else estimated as all
+    characters / 4; ``text_tokens_exact`` says which) and ``examples`` (the first skip messages).
+    ``progress(done, total, shard)`` is called before each shard.
     """
     limits = limits or DecodeLimits()
     shards = expand_shards(patterns)
     skips = SkipCounter(max_skips=None, name="shards")
-    images = audio_clips = text_chars = 0
+    images = audio_clips = text_chars = text_tokens = 0
     audio_seconds = 0.0
     for done, shard in enumerate(shards):
         if progress is not None:
@@ -489,6 +491,10 @@ def reader_stats(
             audio_clips += sum(seg.kind == "audio" for seg in sample.segments)
             audio_seconds += sample.audio_seconds
             text_chars += sum(len(seg.text or "") for seg in sample.segments)
+            if count_tokens is not None:
+                text_tokens += sum(
+                    count_tokens(seg.text or "") for seg in sample.segments if seg.kind == "text"
+                )
     return {
         "shards": len(shards),
         **skips.as_dict(),
@@ -496,5 +502,7 @@ def reader_stats(
         "audio_clips": audio_clips,
         "audio_seconds": round(audio_seconds, 3),
         "text_chars": text_chars,
+        "text_tokens": text_tokens if count_tokens is not None else text_chars // 4,
+        "text_tokens_exact": count_tokens is not None,
         "examples": list(skips.examples),
     }

@@ -12,8 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from mmpretrain import __version__
-from mmpretrain.data_cli import data_build_command
+from mmpretrain import __version__, data_cli
 from mmpretrain.errors import NotImplementedYetError, UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -187,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  mmpt data build --format demo --out data/demo\n"
             "  mmpt data build --format captions --input blip_laion.json --images-dir images --out shards/"
         ),
-        data_build_command,
+        data_cli.data_build_command,
         p,
     )
     build.add_argument("--format", required=True, help="input format (demo, captions, interleaved, asr, ...)")
@@ -204,20 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
         data_sub,
         "inspect",
         "print a human summary of shards",
-        "  mmpt data inspect 'data/demo/*.tar'",
-        _not_implemented("mmpt data inspect", "Multimodal shards 1/2"),
+        "  mmpt data inspect 'data/demo/*.tar'\n  mmpt data inspect 'data/demo/shard-{000000..000003}.tar' --limit 20",
+        data_cli.data_inspect_command,
         p,
     )
-    inspect.add_argument("shards", help="shard path or glob pattern")
+    inspect.add_argument("shards", help="shard path, glob or brace pattern, or pipe:COMMAND")
+    inspect.add_argument("--limit", type=int, default=5, help="samples to show (default 5)")
     stats = _add(
         data_sub,
         "stats",
         "count samples, skips and errors in shards",
-        "  mmpt data stats 'data/demo/*.tar' --json",
-        _not_implemented("mmpt data stats", "Multimodal shards 1/2"),
+        "  mmpt data stats 'data/demo/*.tar' --json\n  mmpt data stats 'data/demo/*.tar' --tokenizer runs/tiny/tokenizer",
+        data_cli.data_stats_command,
         p,
     )
-    stats.add_argument("shards", help="shard path or glob pattern")
+    stats.add_argument("shards", help="shard path, glob or brace pattern, or pipe:COMMAND")
+    stats.add_argument("--tokenizer", help="count text tokens exactly with this tokenizer directory")
     stats.add_argument("--json", action="store_true", help="print only a JSON object on stdout")
 
     evaluate = _add(

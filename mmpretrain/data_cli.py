@@ -1,4 +1,4 @@
-"""`mmpt data build`: write a dataset's shards and ``index.json`` (docs/data-format.md).
+"""`mmpt data build|inspect|stats`: write, look at and count shards (docs/data-format.md).
 
 ``--format demo`` draws the demo dataset (mmpretrain.data.demo_data) and needs no input;
 the converters of real formats land in a later issue.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from mmpretrain.errors import NotImplementedYetError, UserError
 
@@ -47,4 +48,80 @@ def data_build_command(args: argparse.Namespace) -> int:
         "(no training scene in it)\n"
         f"  index: {out / 'index.json'}"
     )
+    return 0
+
+
+def _describe_segment(segment: Any) -> str:
+    if segment.kind == "text":
+        text = " ".join((segment.text or "").split())
+        return f"text  {text[:90]!r}{'...' if len(text) > 90 else ''}"
+    if segment.kind == "image":
+        return f"image {segment.image.width}x{segment.image.height} {segment.member or ''}".rstrip()
+    seconds = len(segment.audio) / segment.sample_rate if segment.sample_rate else 0.0
+    transcript = f" transcript {segment.text!r}" if segment.text else ""
+    return f"audio {seconds:.2f} s @ {segment.sample_rate} Hz {segment.member or ''}{transcript}"
+
+
+def data_inspect_command(args: argparse.Namespace) -> int:
+    """Handle `mmpt data inspect`: print the first ``--limit`` samples readably."""
+    from mmpretrain.data.decoders import DecodeError, decode_sample
+    from mmpretrain.data.error_budget import SkipEvent
+    from mmpretrain.data.reader import expand_shards
+    from mmpretrain.data.shard_stream import shard_outcomes
+
+    shown = 0
+    for shard in expand_shards(args.shards):
+        print(f"== {shard}")
+        for _, outcome in shard_outcomes(shard):
+            if shown >= args.limit:
+                return 0
+            shown += 1
+            if isinstance(outcome, SkipEvent):
+                print(f"  {outcome.key or '(shard)'}: SKIPPED ({outcome.reason}) {outcome.detail}")
+                continue
+            try:
+                sample = decode_sample(outcome)
+            except DecodeError as exc:
+                print(f"  {outcome.key}: SKIPPED ({exc.reason}) {exc}")
+                continue
+            meta = f" meta {sample.meta}" if sample.meta else ""
+            print(f"  {sample.key} (source {sample.source!r}, {len(sample.segments)} segments){meta}")
+            for segment in sample.segments:
+                print(f"    {_describe_segment(segment)}")
+    return 0
+
+
+def data_stats_command(args: argparse.Namespace) -> int:
+    """Handle `mmpt data stats`: counts over every shard; with --json stdout holds only JSON."""
+    import json
+    import sys
+
+    from mmpretrain.data.reader import reader_stats
+
+    count_tokens = None
+    if args.tokenizer:
+        from mmpretrain.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+        count_tokens = lambda text: len(tokenizer.encode(text))  # noqa: E731
+
+    def progress(done: int, total: int, shard: str) -> None:
+        print(f"[{done + 1}/{total}] {shard}", file=sys.stderr, flush=True)
+
+    stats = reader_stats(args.shards, progress=progress, count_tokens=count_tokens)
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    reasons = ", ".join(f"{k} {v}" for k, v in stats["errors_by_reason"].items()) or "none"
+    tokens = "" if stats["text_tokens_exact"] else " (estimated: characters / 4)"
+    print(
+        f"shards        {stats['shards']}\n"
+        f"samples       {stats['samples']}\n"
+        f"skipped       {stats['skipped']} ({reasons})\n"
+        f"images        {stats['images']}\n"
+        f"audio         {stats['audio_clips']} clips, {stats['audio_seconds']:.1f} s\n"
+        f"text tokens   {stats['text_tokens']}{tokens}"
+    )
+    for example in stats["examples"][:5]:
+        print(f"  skipped: {example}")
     return 0

@@ -30,8 +30,6 @@ SUBCOMMANDS = [
 
 NOT_IMPLEMENTED = [
     ["data", "build", "--format", "captions", "--out", "x"],
-    ["data", "inspect", "x.tar"],
-    ["data", "stats", "x.tar", "--json"],
     ["eval", "runs/x", "--task", "t"],
     ["export", "runs/x", "--to", "hf", "--out", "y"],
     ["tokenizer", "train", "--kind", "vq", "--input", "x.txt", "--out", "tok"],

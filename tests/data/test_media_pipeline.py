@@ -43,7 +43,8 @@ def stream(shards: Path, tokenizer: TextTokenizer, workers: int = 0, **data: obj
 
 def same(a: list, b: list) -> bool:
     return all(
-        torch.equal(x.input_ids, y.input_ids) and x.keys == y.keys
+        torch.equal(x.input_ids, y.input_ids)
+        and x.keys == y.keys
         and all(torch.equal(x.media[m].inputs, y.media[m].inputs) for m in x.media)
         for (x, _), (y, _) in zip(a, b, strict=True)
     )
@@ -90,10 +91,15 @@ def test_loss_mask_before_first_media(demo_shards: Path, tokenizer: TextTokenize
                 assert bool((batch.labels[row, positions[0] : first] == -100).all())
 
 
-def test_items_too_long_for_seq_len_are_skipped_and_counted(demo_shards: Path, tokenizer: TextTokenizer) -> None:
+def test_items_too_long_for_seq_len_are_skipped_and_counted(
+    demo_shards: Path, tokenizer: TextTokenizer
+) -> None:
     reader = ReaderConfig(shards=[str(demo_shards / "shard-*.tar")], shuffle_buffer=0)
     cfg = MediaDataConfig(reader=reader, buffer_docs=8)
-    big_images = {"image": StandInImageProcessor(size=64, patch=2), "audio": StandInAudioProcessor()}  # 1024 tokens
+    big_images = {
+        "image": StandInImageProcessor(size=64, patch=2),
+        "audio": StandInAudioProcessor(),
+    }  # 1024 tokens
     media_stream = MediaBatchStream(cfg, tokenizer, big_images, seq_len=256, batch_size=2, seed=0)
     batches = list(itertools.islice(media_stream.batches(), 5))
     assert all("image" not in b.media for b, _ in batches)
