@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         data_sub,
         "inspect",
         "print a human summary of shards",
-        "  mmpt data inspect 'data/demo/*.tar'\n  mmpt data inspect 'data/demo/shard-{000000..000003}.tar' --limit 20",
+        "  mmpt data inspect 'data/demo/*.tar'\n"
+        "  mmpt data inspect 'data/demo/shard-{000000..000003}.tar' --limit 20",
         data_cli.data_inspect_command,
         p,
     )
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         data_sub,
         "stats",
         "count samples, skips and errors in shards",
-        "  mmpt data stats 'data/demo/*.tar' --json\n  mmpt data stats 'data/demo/*.tar' --tokenizer runs/tiny/tokenizer",
+        "  mmpt data stats 'data/demo/*.tar' --json\n"
+        "  mmpt data stats 'data/demo/*.tar' --tokenizer runs/tiny/tokenizer",
         data_cli.data_stats_command,
         p,
     )
