@@ -85,14 +85,26 @@ class LossMask:
 
 
 def _stack(items: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-    """Stack same-shaped items; zero-pad the last dimension when only it differs."""
-    if all(t.shape == items[0].shape for t in items):
+    """Stack same-shaped items; when they differ in exactly one dimension (audio length,
+    number of image tiles), zero-pad that dimension and return each item's valid size."""
+    shapes = {tuple(t.shape) for t in items}
+    if len(shapes) == 1:
         return torch.stack(items), []
-    if any(t.shape[:-1] != items[0].shape[:-1] for t in items):
-        shapes = sorted({tuple(t.shape) for t in items})
-        raise DataFormatError(f"media items of one batch differ in more than the last dimension: {shapes}")
-    longest = max(t.shape[-1] for t in items)
-    return torch.stack([F.pad(t, (0, longest - t.shape[-1])) for t in items]), [t.shape[-1] for t in items]
+    ranks = {len(shape) for shape in shapes}
+    varying = (
+        [d for d in range(items[0].dim()) if len({shape[d] for shape in shapes}) > 1]
+        if len(ranks) == 1
+        else []
+    )
+    if len(varying) != 1:
+        raise DataFormatError(f"media items of one batch differ in more than one dimension: {sorted(shapes)}")
+    dim = varying[0]
+    longest = max(t.shape[dim] for t in items)
+    padded = []
+    for t in items:
+        pad = [0, 0] * (t.dim() - 1 - dim) + [0, longest - t.shape[dim]]
+        padded.append(F.pad(t, pad))
+    return torch.stack(padded), [t.shape[dim] for t in items]
 
 
 def layout_batch(

@@ -113,8 +113,9 @@ class MediaBatch:
     placeholder_id: int
     keys: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
-    """Valid length of each item along the last dimension of ``inputs`` when items of
-    different sizes were zero-padded to stack them (empty = every item is full size)."""
+    """Valid size of each item along the one dimension in which items differ (audio
+    length, number of image tiles) when they were zero-padded to stack them (empty =
+    every item is full size; the encoder knows which dimension it varies)."""
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MediaBatch:
         """A copy with ``inputs`` on ``device``."""

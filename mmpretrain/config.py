@@ -20,7 +20,7 @@ from typing import Any, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, core_schema
 
 from mmpretrain.errors import ConfigError
 
@@ -57,7 +57,12 @@ class FromRegistry:
 
         classes = get_registry(self.kind).config_classes()
         if not classes:
-            raise ConfigError(f"no {self.kind} are registered, so none can be configured")
+            kind = self.kind
+
+            def nothing_registered(value: Any) -> Any:
+                raise ValueError(f"no {kind} are registered, so none can be configured")
+
+            return core_schema.no_info_plain_validator_function(nothing_registered)
         if len(classes) == 1:
             return handler.generate_schema(classes[0])
         union = Union.__getitem__(tuple(classes))  # built at run time from the registry
@@ -276,18 +281,23 @@ def display_path(loc: Sequence[Any], data: Any) -> list[str]:
 
 def model_class_at(schema: type[BaseModel], path: Sequence[str], data: Any) -> type[BaseModel] | None:
     """The config class that validates the mapping at ``path`` (None if not a model)."""
-    from mmpretrain.config_schema import field_model_classes
+    from mmpretrain.config_schema import field_model_classes, is_mapping_field
 
     model: type[BaseModel] | None = schema
     node = data
-    for part in path:
+    parts = list(path)
+    while parts:
         if model is None:
             return None
-        key = part.split("[", 1)[0]
+        key = parts.pop(0).split("[", 1)[0]
         node = node.get(key) if isinstance(node, Mapping) else None
         field = model.model_fields.get(key)
         if field is None:
             return None
+        if is_mapping_field(field):  # dict[str, Config]: the next part is the user's key
+            if not parts:
+                return None
+            node = node.get(parts.pop(0)) if isinstance(node, Mapping) else None
         candidates = field_model_classes(field)
         name = node.get("name") if isinstance(node, Mapping) else None
         chosen = [c for c in candidates if _literal_name(c) == name] if len(candidates) > 1 else candidates

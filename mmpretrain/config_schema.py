@@ -25,7 +25,24 @@ class SchemaRow:
 
 
 def _registry_marker(field: FieldInfo) -> FromRegistry | None:
-    return next((m for m in field.metadata if isinstance(m, FromRegistry)), None)
+    """The registry of a field (``Annotated[..., FromRegistry]`` itself or as dict values)."""
+    marker = next((m for m in field.metadata if isinstance(m, FromRegistry)), None)
+    if marker is None and is_mapping_field(field):
+        value = get_args(field.annotation)[1]
+        marker = next((m for m in getattr(value, "__metadata__", ()) if isinstance(m, FromRegistry)), None)
+    return marker
+
+
+def is_mapping_field(field: FieldInfo) -> bool:
+    """Whether the field is a ``dict[str, X]`` (user-chosen keys, config values)."""
+    return get_origin(field.annotation) is dict
+
+
+def _mapping_values(field: FieldInfo) -> list[Any]:
+    if not is_mapping_field(field):
+        return _unwrap(field.annotation)
+    value = get_args(field.annotation)[1]
+    return _unwrap(get_args(value)[0] if get_origin(value) is typing.Annotated else value)
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -42,7 +59,7 @@ def field_model_classes(field: FieldInfo) -> list[type[BaseModel]]:
         from mmpretrain.registry import get_registry
 
         return get_registry(marker.kind).config_classes()
-    return [a for a in _unwrap(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return [a for a in _mapping_values(field) if isinstance(a, type) and issubclass(a, BaseModel)]
 
 
 def type_name(annotation: Any) -> str:

@@ -122,8 +122,8 @@ def test_unknown_component_name_lists_registered_names() -> None:
 
 
 def test_cross_field_check_names_section() -> None:
-    with pytest.raises(ConfigError, match=r"model\.llm: Value error, hidden_size 64 is not divisible"):
-        load_config("tiny", ["model.llm.num_heads=3", "model.llm.num_kv_heads=1"])
+    with pytest.raises(ConfigError, match=r"model\.llm: Value error, hidden_size 192 is not divisible"):
+        load_config("tiny", ["model.llm.num_heads=5", "model.llm.num_kv_heads=1"])
 
 
 def test_bad_base_path_names_file(tmp_path: Path) -> None:
