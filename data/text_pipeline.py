@@ -10,37 +10,19 @@ carried with the batch, so a checkpoint records exactly what the loop consumed.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field
-
-from mmpretrain.config import ComponentConfig, ConfigModel, FromRegistry
+from mmpretrain.data.data_config import DataConfig
 from mmpretrain.data.packing import PackedDocument, PackerState, TextPacker, build_text_batch
 from mmpretrain.data.skips import SkipCounter
 from mmpretrain.data.text_sources import TextDocument, TextSourceConfig, describe_source, iter_documents
-from mmpretrain.data.tokenizer import BpeTokenizerConfig, TextTokenizer
+from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.data.types import PackedBatch
 from mmpretrain.errors import DataFormatError
 
 TOKENIZE_CHUNK = 256  # documents per encode_batch call (the Rust backend parallelizes)
-
-
-class TextDataConfig(ConfigModel):
-    """Text training data: sources, tokenizer and packing."""
-
-    sources: list[TextSourceConfig] = Field(min_length=1)
-    """Text sources, read in order as one stream (format: text, jsonl, parquet, shards,
-    shakespeare)."""
-    tokenizer: Annotated[ComponentConfig, FromRegistry("tokenizers")] = BpeTokenizerConfig(name="bpe")
-    """Tokenizer; a `bpe` tokenizer without `path` is trained on the sources into the run
-    directory at the start of the run (vocab_size = learned vocabulary)."""
-    buffer_docs: int = Field(2048, gt=0)
-    """Documents packed together per round (larger: fuller packs, more memory)."""
-    max_skips: int = Field(100, ge=0)
-    """Bad records (invalid JSON, bad UTF-8, ...) skipped before the run stops."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class TextBatchStream:
 
     def __init__(
         self,
-        cfg: TextDataConfig,
+        cfg: DataConfig,
         tokenizer: TextTokenizer,
         seq_len: int,
         batch_size: int,
@@ -125,27 +107,3 @@ class TextBatchStream:
                 )
             epoch += 1
             packer_state = PackerState()
-
-
-def tokenizer_for_run(
-    cfg: TextDataConfig, run_dir: Path, log: Callable[[str], None] = print
-) -> TextTokenizer:
-    """The run's tokenizer: ``tokenizer.path`` if set; else the one trained into
-    ``run_dir/tokenizer`` by an earlier start of this run; else train it now on the
-    sources (deterministic, so every start of the run gets the same tokenizer)."""
-    from mmpretrain.data.tokenizer import load_tokenizer, train_bpe
-    from mmpretrain.registry import TOKENIZERS
-
-    tokenizer_cfg = cfg.tokenizer
-    if not isinstance(tokenizer_cfg, BpeTokenizerConfig) or tokenizer_cfg.path is not None:
-        tokenizer = TOKENIZERS.build(tokenizer_cfg)
-        assert isinstance(tokenizer, TextTokenizer)
-        return tokenizer
-    directory = run_dir / "tokenizer"
-    if (directory / "tokenizer.json").is_file():
-        return load_tokenizer(directory)
-    log(f"training a {tokenizer_cfg.vocab_size}-token BPE tokenizer on the data into {directory}")
-    skips = SkipCounter(max_skips=cfg.max_skips, name="tokenizer training data")
-    tokenizer = train_bpe((d.text for d in global_documents(cfg.sources, skips)), tokenizer_cfg.vocab_size)
-    tokenizer.save(directory)
-    return tokenizer

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from mmpretrain.config import load_config
-from mmpretrain.data.text_pipeline import TextDataConfig
+from mmpretrain.data.data_config import DataConfig
 from mmpretrain.data.text_sources import ShakespeareSource
 from mmpretrain.data.tokenizer import load_tokenizer
-from mmpretrain.registry import LLMS
+from mmpretrain.model.build import build_model
 from mmpretrain.run_config import RunConfig
 from mmpretrain.train.checkpoint import latest_checkpoint, load_checkpoint
 from mmpretrain.train.evaluate import heldout_loss
@@ -43,11 +43,11 @@ def run_demo(out: Path, quick: bool) -> int:
     print("[2/3] held-out loss on the Shakespeare held-out split")
     assert config.data is not None
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    model = LLMS.build(config.model.llm)
+    model = build_model(config.model)
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None
     load_checkpoint(checkpoint, model, None)
-    heldout = TextDataConfig(sources=[ShakespeareSource(split="heldout")], tokenizer=config.data.tokenizer)
+    heldout = DataConfig(sources=[ShakespeareSource(split="heldout")], tokenizer=config.data.tokenizer)
     loss, tokens = heldout_loss(
         model, tokenizer, heldout, config.train.seq_len, max_batches=5 if quick else 20
     )
@@ -56,7 +56,7 @@ def run_demo(out: Path, quick: bool) -> int:
     prompt = torch.tensor([tokenizer.encode(PROMPT)])
     with torch.no_grad():
         model.eval()
-        generated = model.generate(
+        generated = model.llm.generate(  # type: ignore[operator]
             prompt,
             max_new_tokens=40,
             do_sample=False,

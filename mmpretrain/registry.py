@@ -24,7 +24,11 @@ PLUGIN_GROUP = "mmpretrain.plugins"
 
 # Modules whose import registers the built-in components. They keep heavy imports
 # (transformers, timm) inside their builders so that loading them stays cheap.
-BUILTIN_MODULES: tuple[str, ...] = ("mmpretrain.model.llms", "mmpretrain.data.tokenizer")
+BUILTIN_MODULES: tuple[str, ...] = (
+    "mmpretrain.model.llms",
+    "mmpretrain.data.tokenizer",
+    "mmpretrain.connectors",
+)
 
 BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmpretrain.config import ConfigModel
-from mmpretrain.data.text_pipeline import TextDataConfig
+from mmpretrain.data.data_config import DataConfig
 from mmpretrain.model.config import ModelConfig
 from mmpretrain.train.config import DistributedConfig, OptimConfig, TrainConfig
 
@@ -13,7 +13,7 @@ class RunConfig(ConfigModel):
 
     model: ModelConfig
     """What to build."""
-    data: TextDataConfig | None = None
+    data: DataConfig | None = None
     """Training data (required by `mmpt train`; model-only configs leave it out)."""
     train: TrainConfig = TrainConfig()
     """Training loop settings."""

@@ -4,11 +4,40 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from pydantic import Field, model_validator
+
 from mmpretrain.config import ComponentConfig, ConfigModel, FromRegistry
 
 
 class ModelConfig(ConfigModel):
-    """What to build: the decoder LLM (encoders and connectors join it in later issues)."""
+    """What to build: a decoder LLM, optionally with media encoders and connectors."""
 
     llm: Annotated[ComponentConfig, FromRegistry("llms")]
     """The decoder LLM; `name` picks the architecture (`mmpt list llms`)."""
+    encoders: dict[str, Annotated[ComponentConfig, FromRegistry("encoders")]] = Field(default_factory=dict)
+    """Media encoders by a name of your choice (`mmpt list encoders`); several encoders of
+    one modality are concatenated along the feature dimension."""
+    connectors: dict[str, Annotated[ComponentConfig, FromRegistry("connectors")]] = Field(
+        default_factory=dict
+    )
+    """One connector per modality (`image`, `audio`) projecting encoder features to the
+    LLM width (`mmpt list connectors`)."""
+    trainable: dict[str, bool] = Field(default_factory=dict)
+    """What trains: keys `llm`, `encoders`, `encoders.NAME`, `connectors`,
+    `connectors.MODALITY` (the most specific key wins; default: everything trains).
+    Frozen parts get no optimizer state and run under no_grad."""
+    activation_checkpointing: bool = False
+    """Recompute LLM (and trainable encoder) activations in the backward pass to save memory."""
+
+    @model_validator(mode="after")
+    def _check_parts(self) -> ModelConfig:
+        allowed = {"llm", "encoders", "connectors"}
+        allowed |= {f"encoders.{name}" for name in self.encoders}
+        allowed |= {f"connectors.{modality}" for modality in self.connectors}
+        unknown = sorted(set(self.trainable) - allowed)
+        if unknown:
+            raise ValueError(f"trainable has unknown parts {unknown}; allowed: {', '.join(sorted(allowed))}")
+        bad = sorted(set(self.connectors) - {"image", "audio"})
+        if bad:
+            raise ValueError(f"connectors are keyed by modality (image, audio), not {bad}")
+        return self

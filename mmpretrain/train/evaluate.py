@@ -8,16 +8,17 @@ from typing import Any
 
 import torch
 
-from mmpretrain.data.text_pipeline import TextBatchStream, TextDataConfig
+from mmpretrain.data.data_config import DataConfig
+from mmpretrain.data.text_pipeline import TextBatchStream
 from mmpretrain.data.tokenizer import TextTokenizer
-from mmpretrain.model.packed import packed_logits, token_loss_sum
+from mmpretrain.model.packed import token_loss_sum
 
 
 @torch.no_grad()
 def heldout_loss(
     model: Any,
     tokenizer: TextTokenizer,
-    data: TextDataConfig,
+    data: DataConfig,
     seq_len: int,
     batch_size: int = 8,
     max_batches: int = 20,
@@ -32,7 +33,7 @@ def heldout_loss(
         for batch, state in itertools.islice(stream.batches(), max_batches):
             if state.epoch > 0:
                 break
-            loss_sum, labels = token_loss_sum(packed_logits(model, batch), batch.labels)
+            loss_sum, labels = token_loss_sum(model(batch), batch.labels)
             total += loss_sum.item()
             count += labels
     finally:

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from mmpretrain.data.text_pipeline import TextBatchStream, TextStreamState, tokenizer_for_run
 from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.errors import ConfigError, NotImplementedYetError, UserError
-from mmpretrain.model.packed import packed_logits, token_loss_sum
-from mmpretrain.registry import LLMS
+from mmpretrain.model.build import build_model, media_processors, parameter_table
+from mmpretrain.model.multimodal import MultimodalLM
+from mmpretrain.model.packed import token_loss_sum
 from mmpretrain.run_config import RunConfig
 from mmpretrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpretrain.train.data_setup import batch_stream, tokenizer_for_run
 from mmpretrain.train.metrics import MetricsLogger, truncate_metrics
 from mmpretrain.train.optim import build_optimizer
 from mmpretrain.train.run_dir import check_resume_config, config_hash, prepare_run_dir, record_run
@@ -48,16 +48,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: RunConfig, tokenizer: TextTokenizer) -> nn.Module:
-    """The model of ``cfg`` (a decoder LLM for now), checked against the tokenizer."""
+def build_checked_model(cfg: RunConfig, tokenizer: TextTokenizer) -> MultimodalLM:
+    """The model of ``cfg``, checked against the tokenizer's vocabulary."""
     llm_cfg: Any = cfg.model.llm
     if llm_cfg.pretrained is None and llm_cfg.vocab_size < tokenizer.vocab_size:
         raise ConfigError(
             f"model.llm.vocab_size {llm_cfg.vocab_size} is smaller than the tokenizer's "
             f"{tokenizer.vocab_size} tokens: set model.llm.vocab_size >= {tokenizer.vocab_size}"
         )
-    model: nn.Module = LLMS.build(llm_cfg)
-    embeddings = model.get_input_embeddings().num_embeddings  # type: ignore[operator]
+    model = build_model(cfg.model)
+    embeddings = model.llm.get_input_embeddings().num_embeddings  # type: ignore[operator]
     if embeddings < tokenizer.vocab_size:
         raise ConfigError(
             f"the LLM has {embeddings} embeddings but the tokenizer has {tokenizer.vocab_size} tokens"
@@ -92,21 +92,33 @@ def train(
     record_run(run_dir, cfg, argv)
     seed_everything(cfg.train.seed)
     tokenizer = tokenizer_for_run(cfg.data, run_dir)
-    model = build_model(cfg, tokenizer)
+    model = build_checked_model(cfg, tokenizer)
     model.train()
     optimizer = build_optimizer(model, cfg.optim)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    step, tokens, nan_skips, data_state = 0, 0, 0, TextStreamState()
+    step, tokens, nan_skips, saved_data = 0, 0, 0, None
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, model, optimizer)
-        step, tokens, nan_skips = saved["step"], saved["tokens"], saved["nan_skips"]
-        data_state = TextStreamState.from_dict(saved["data"])
+        step, tokens, nan_skips, saved_data = (
+            saved["step"],
+            saved["tokens"],
+            saved["nan_skips"],
+            saved["data"],
+        )
         truncate_metrics(run_dir, step)
     start_step = step
-    stream = TextBatchStream(cfg.data, tokenizer, cfg.train.seq_len, cfg.train.batch_size, cfg.train.seed)
-    batches = stream.batches(data_state)
+    batches = batch_stream(
+        cfg.data,
+        tokenizer,
+        media_processors(cfg.model),
+        cfg.train.seq_len,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        saved_data,
+    )
+    data_state: Any = None
     forward_model = torch.compile(model) if cfg.train.compile else model
     end_step = cfg.train.max_steps
     if cfg.train.stop_after_steps is not None:
@@ -131,6 +143,7 @@ def train(
     window_start, window_tokens = time.perf_counter(), 0
     run_start, run_tokens = window_start, 0
     with GracefulStop() as stop, MetricsLogger(run_dir, cfg.train.max_steps, start_step) as log:
+        log.message(parameter_table(model))
         if checkpoint is not None:
             log.message(f"resumed from {checkpoint} (step {start_step})")
         while step < end_step and not stop.requested:
@@ -142,7 +155,7 @@ def train(
             loss_sum_total = 0.0
             for batch, _ in micro_batches:
                 with autocast:
-                    logits = packed_logits(forward_model, batch)
+                    logits = forward_model(batch)
                 loss_sum, _ = token_loss_sum(logits, batch.labels)
                 (loss_sum / label_tokens).backward()
                 loss_sum_total += loss_sum.item()

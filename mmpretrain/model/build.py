@@ -1,0 +1,97 @@
+"""Build a MultimodalLM from the ``model`` config, and the weight-free media processors
+the data pipeline needs to size media placeholders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmpretrain.data.decoders import DecodedSegment
+from mmpretrain.model.config import ModelConfig
+from mmpretrain.model.multimodal import MultimodalLM
+from mmpretrain.registry import CONNECTORS, ENCODERS, LLMS
+
+
+def _trainable_flag(cfg: ModelConfig, part: str) -> bool:
+    """Most specific of `part` (e.g. `encoders.vision`) and its group (`encoders`)."""
+    if part in cfg.trainable:
+        return cfg.trainable[part]
+    return cfg.trainable.get(part.split(".", 1)[0], True)
+
+
+def build_model(cfg: ModelConfig) -> MultimodalLM:
+    """Build the LLM, encoders and connectors, apply `trainable` and activation
+    checkpointing. Random init unless a part names `pretrained` weights."""
+    llm: Any = LLMS.build(cfg.llm)
+    encoders = {name: ENCODERS.build(encoder_cfg) for name, encoder_cfg in sorted(cfg.encoders.items())}
+    hidden = llm.get_input_embeddings().embedding_dim
+    connectors = {}
+    for modality, connector_cfg in sorted(cfg.connectors.items()):
+        width = sum(e.out_dim for e in encoders.values() if e.modality == modality)
+        builder = CONNECTORS.get(connector_cfg.name).builder
+        connectors[modality] = builder(connector_cfg, in_dim=width, out_dim=hidden)
+    model = MultimodalLM(llm, encoders, connectors)
+    parts: list[tuple[str, nn.Module]] = [("llm", model.llm)]
+    parts += [(f"encoders.{name}", module) for name, module in model.encoders.items()]
+    parts += [(f"connectors.{modality}", module) for modality, module in model.connectors.items()]
+    for part, module in parts:
+        if not _trainable_flag(cfg, part):
+            module.requires_grad_(False)
+    if cfg.activation_checkpointing:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def parameter_table(model: MultimodalLM) -> str:
+    """Total and trainable parameters per part (printed at the start of a run)."""
+    rows = [("llm", model.llm)]
+    rows += [(f"encoders.{name}", module) for name, module in model.encoders.items()]
+    rows += [(f"connectors.{modality}", module) for modality, module in model.connectors.items()]
+    lines = [f"{'part':<28} {'parameters':>14} {'trainable':>14}"]
+    total = trainable = 0
+    for name, module in rows:
+        count = sum(p.numel() for p in module.parameters())
+        train = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        total, trainable = total + count, trainable + train
+        lines.append(f"{name:<28} {count:>14,} {train:>14,}")
+    lines.append(f"{'total':<28} {total:>14,} {trainable:>14,}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ModelMediaProcessor:
+    """A modality's preprocessing and LLM token count, from configs only (no weights):
+    the first encoder's transform, and ``connector.num_tokens(encoder.num_tokens(item))``."""
+
+    modality: str
+    encoder: Any
+    connector: Any
+
+    def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
+        """The encoder's input tensor for one item."""
+        return self.encoder.preprocess(segment)
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """LLM positions the item takes."""
+        return int(self.connector.num_tokens(self.encoder.num_tokens(inputs)))
+
+
+def media_processors(cfg: ModelConfig) -> dict[str, ModelMediaProcessor]:
+    """One processor per modality that has encoders (encoders of one modality share the
+    first one's preprocessing, by name order)."""
+    processors = {}
+    for name, encoder_cfg in sorted(cfg.encoders.items()):
+        modality = encoder_cfg.modality()  # type: ignore[attr-defined]
+        if modality not in processors:
+            connector_cfg = cfg.connectors.get(modality)
+            if connector_cfg is None:
+                from mmpretrain.errors import ConfigError
+
+                raise ConfigError(
+                    f"model.encoders.{name} reads {modality} but model.connectors.{modality} is missing"
+                )
+            processors[modality] = ModelMediaProcessor(modality, encoder_cfg.processor(), connector_cfg)  # type: ignore[attr-defined]
+    return processors
