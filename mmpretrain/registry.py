@@ -28,6 +28,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mmpretrain.model.llms",
     "mmpretrain.data.tokenizer",
     "mmpretrain.connectors",
+    "mmpretrain.encoders",
 )
 
 BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])
