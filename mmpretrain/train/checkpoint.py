@@ -175,13 +175,28 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _saved_tensor_names(path: Path) -> set[str]:
+    """Names of the tensors a checkpoint holds (from its safetensors index)."""
+    index = path / TENSORS_DIR / "model.safetensors.index.json"
+    try:
+        return set(json.loads(index.read_text(encoding="utf-8"))["weight_map"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"checkpoint {path} is corrupt or incomplete: cannot read {index.name} ({exc})"
+        ) from exc
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Load a committed checkpoint into ``model`` (and ``optimizer``) in place and restore
     the RNG states; returns the JSON state. A partial or corrupt checkpoint is a UserError."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     if not (path / COMMITTED).is_file():
         raise UserError(f"checkpoint {path} is not committed (partial write?): use an older one")
@@ -194,6 +209,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}"
         )
     tensors, _ = _flat_tensors(model, optimizer)
+    saved_names = _saved_tensor_names(path)
+    missing = sorted(k for k in tensors if k.startswith("model.") and k not in saved_names)
+    if missing:
+        raise UserError(
+            f"checkpoint {path} does not match the model: {len(missing)} parameters missing "
+            f"(first: {missing[0][len('model.') :]}); was it written by another model config?"
+        )
+    # Parameters that never received a gradient (e.g. a tower's unused last layers) have no
+    # optimizer state in the checkpoint; they keep the fresh zero state, as in the saving run.
+    tensors = {k: v for k, v in tensors.items() if k in saved_names}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -212,6 +237,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 fqn, _, slot = name[len("optim.") :].rpartition(".")
                 slots.setdefault(fqn, {})[slot] = value
         optim_state: Any = {"state": slots, "param_groups": state["optimizer_param_groups"]}
-        set_optimizer_state_dict(model, optimizer, optim_state)
+        set_optimizer_state_dict(model, optimizer, optim_state, options=StateDictOptions(strict=False))
     set_rng_state(state["rng"])
     return state
