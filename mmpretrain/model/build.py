@@ -41,8 +41,38 @@ def build_model(cfg: ModelConfig) -> MultimodalLM:
         if not _trainable_flag(cfg, part):
             module.requires_grad_(False)
     if cfg.activation_checkpointing:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_transformers_model(llm)
+        for encoder in model.encoders.values():
+            if any(p.requires_grad for p in encoder.parameters()):
+                enable_encoder_checkpointing(encoder)
     return model
+
+
+def _checkpoint_transformers_model(model: Any) -> None:
+    """transformers' activation checkpointing (the v5 name where it exists), non-reentrant."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def enable_encoder_checkpointing(encoder: nn.Module) -> bool:
+    """Turn on the backbone's own activation checkpointing (transformers'
+    ``gradient_checkpointing_enable``, timm's and open_clip's ``set_grad_checkpointing``);
+    returns whether the encoder has such a switch."""
+    for module in encoder.modules():
+        if module is encoder:
+            continue
+        if hasattr(module, "gradient_checkpointing_enable") and getattr(
+            module, "supports_gradient_checkpointing", False
+        ):
+            _checkpoint_transformers_model(module)
+            return True
+        if hasattr(module, "set_grad_checkpointing"):
+            module.set_grad_checkpointing(True)  # type: ignore[operator]
+            return True
+    return False
 
 
 def parameter_table(model: MultimodalLM) -> str:

@@ -120,6 +120,19 @@ class MultimodalLM(nn.Module):
             embeds = embeds.index_put(index, torch.cat(values).to(embeds.dtype))
         return embeds
 
+    def save_pretrained(self, directory: str, config: Any) -> Any:
+        """Save config + weights (see :mod:`mmpretrain.model.pretrained`)."""
+        from mmpretrain.model.pretrained import save_pretrained
+
+        return save_pretrained(self, config, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> MultimodalLM:
+        """Load a directory written by :meth:`save_pretrained`."""
+        from mmpretrain.model.pretrained import from_pretrained
+
+        return from_pretrained(directory)[0]
+
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Logits of the LLM on the packed batch (document-isolated attention)."""
         embeds = self.embed(batch)

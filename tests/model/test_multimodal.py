@@ -132,3 +132,35 @@ def test_trainable_keys_are_validated() -> None:
 
     with pytest.raises(ConfigError, match=r"trainable has unknown parts \['encoders.nope'\]"):
         load_config("models/vlm_tiny", ['model.trainable={"encoders.nope": false}'])
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path: Any) -> None:
+    from mmpretrain.model.multimodal import MultimodalLM
+
+    cfg = omni()
+    model = build_model(cfg).eval()
+    model.save_pretrained(str(tmp_path / "saved"), cfg)
+    loaded = MultimodalLM.from_pretrained(str(tmp_path / "saved")).eval()
+    batch = layout_batch([documents(cfg)], 200, PAD, IDS)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model(batch), atol=0, rtol=0)
+    from mmpretrain.errors import UserError
+
+    with pytest.raises(UserError, match="is not a saved MultimodalLM"):
+        MultimodalLM.from_pretrained(str(tmp_path))
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        cfg = load_config(
+            "models/omni_tiny", [f"model.activation_checkpointing={str(checkpointing).lower()}"]
+        ).model
+        model = build_model(cfg)
+        batch = layout_batch([documents(cfg)], 200, PAD, IDS)
+        model(batch).float().logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
