@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
 from pydantic import Field, model_validator
 
 from mmpretrain.errors import ConfigError, UserError
@@ -81,6 +82,9 @@ class HFVisionEncoderConfig(VisionEncoderConfig):
     """LLaVA's vision_feature_select_strategy: `default` drops the class token, `full` keeps it."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel."""
+    final_norm: bool = False
+    """Apply the tower's `post_layernorm` to the selected tokens (Idefics3 and nanoVLM do
+    this with the last layer's tokens; LLaVA does not)."""
 
     # transformers classes and the model_type values a pretrained directory may hold
     hf_classes: ClassVar[tuple[str, str]] = ("", "")
@@ -268,6 +272,13 @@ class HFVisionEncoder(VisionEncoder):
         self.drop_class_token = config.drops_class_token()
         self.out_dim = int(arch.hf_config.hidden_size)
 
+    @property
+    def post_layernorm(self) -> nn.Module:
+        """The tower's final LayerNorm (its place differs across transformers versions)."""
+        return dict(self.vision_tower.named_modules())[
+            next(n for n, _ in self.vision_tower.named_modules() if n.endswith("post_layernorm"))
+        ]
+
     def encode_tiles(self, pixels: torch.Tensor) -> torch.Tensor:
         """Tokens ``[n, T, D]`` of ``n`` views."""
         out = self.vision_tower(
@@ -276,6 +287,8 @@ class HFVisionEncoder(VisionEncoder):
             interpolate_pos_encoding=self.interpolate_pos_encoding,
         )
         hidden = out.hidden_states[self.feature_index]
+        if self.config.final_norm:
+            hidden = self.post_layernorm(hidden)
         return hidden[:, 1:] if self.drop_class_token else hidden
 
 

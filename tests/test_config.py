@@ -13,15 +13,18 @@ from mmpretrain.config import (
     apply_overrides,
     dump_config,
     load_config,
+    load_yaml_with_bases,
     resolve_config_path,
     shipped_config_names,
     shipped_configs_dir,
+    validate_config,
 )
+from mmpretrain.data.data_config import DataConfig
 from mmpretrain.errors import ConfigError
 from mmpretrain.run_config import RunConfig
 
 # Update when a config is added or removed under configs/ (the count is the point).
-EXPECTED_SHIPPED_CONFIGS = 11
+EXPECTED_SHIPPED_CONFIGS = 15
 
 MINIMAL = {"model": {"llm": {"name": "llama", "hidden_size": 32, "num_heads": 4}}}
 
@@ -42,6 +45,11 @@ def test_every_shipped_yaml_validates() -> None:
     files = sorted(shipped_configs_dir().rglob("*.yaml"))
     assert len(names) == len(files) == EXPECTED_SHIPPED_CONFIGS, names
     for name in names:
+        if name.startswith("data/"):  # data fragments that run configs name in `base:`
+            data = load_yaml_with_bases(resolve_config_path(name))
+            assert set(data) == {"data"}, name
+            assert isinstance(validate_config(DataConfig, data["data"], name), DataConfig)
+            continue
         config = load_config(name)
         assert isinstance(config, RunConfig)
         assert config.model.llm.name in {"llama", "qwen2", "qwen3", "mistral", "gemma"}

@@ -54,6 +54,8 @@ class CausalLMConfig(ComponentConfig):
     """Share the input embedding and the LM head."""
     initializer_range: float = Field(0.02, gt=0)
     """Std of the normal init of weights."""
+    rms_norm_eps: float = Field(1e-6, gt=0)
+    """Epsilon of the RMSNorm layers (Llama-2/Vicuna, SmolLM2 and Qwen2-Audio use 1e-5)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel; packed training passes an explicit block mask to sdpa/eager."""
     dtype: DTYPES = "float32"
@@ -82,6 +84,7 @@ class CausalLMConfig(ComponentConfig):
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
             "tie_word_embeddings": self.tie_word_embeddings,
             "initializer_range": self.initializer_range,
+            "rms_norm_eps": self.rms_norm_eps,
             "use_cache": False,  # training default; generation turns the cache on explicitly
         }
 

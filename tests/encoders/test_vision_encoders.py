@@ -428,3 +428,29 @@ def test_unknown_model_names_are_config_errors() -> None:
         build("open_clip", model="ViT-Q-99")
     with pytest.raises(ConfigError, match="vision_cfg"):
         build("open_clip", vision_cfg={"width": 32, "depth": 2})
+
+
+def test_hf_vision_final_norm_applies_post_layernorm() -> None:
+    from mmpretrain.encoders.hf_vision import HFSiglipEncoderConfig
+    from mmpretrain.registry import ENCODERS
+
+    fields = {
+        "name": "hf_siglip",
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "feature_layer": -1,
+    }
+    torch.manual_seed(0)
+    plain = ENCODERS.build(HFSiglipEncoderConfig(**fields)).eval()
+    torch.manual_seed(0)
+    normed = ENCODERS.build(HFSiglipEncoderConfig(**fields, final_norm=True)).eval()
+    pixels = torch.randn(1, 1, 3, 32, 32)
+    with torch.no_grad():
+        tokens, _ = plain(pixels[:, 0], [])
+        normed_tokens, _ = normed(pixels[:, 0], [])
+        expected = plain.post_layernorm(tokens)
+    torch.testing.assert_close(normed_tokens, expected)
