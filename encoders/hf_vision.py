@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch import nn
 from pydantic import Field, model_validator
+from torch import nn
 
 from mmpretrain.errors import ConfigError, UserError
 from mmpretrain.registry import ENCODERS
