@@ -18,12 +18,16 @@ import torch
 from pydantic import Field
 
 from mmpretrain.encoders.base import Encoder
-from mmpretrain.encoders.hf_whisper import HOP_LENGTH, WhisperMelProcessor, fit_mel_window
+from mmpretrain.encoders.hf_whisper import (
+    HOP_LENGTH,
+    WhisperMelProcessor,
+    fit_mel_window,
+    whisper_style_hf_config,
+)
 from mmpretrain.encoders.speech_common import (
     SpeechEncoderConfig,
     check_feature_layer,
     hidden_state_index,
-    load_hf_config,
     load_tower_weights,
     local_model_dir,
     select_feature_layer,
@@ -53,19 +57,8 @@ class HfQwen2AudioConfig(SpeechEncoderConfig):
     def hf_config(self) -> Qwen2AudioEncoderConfig:
         """The transformers Qwen2AudioEncoderConfig: from ``pretrained`` (a tower, or a
         whole Qwen2-Audio model's ``audio_config``) or from the fields above."""
-        if self.pretrained is not None:
-            hf = load_hf_config(self.pretrained, self.name, ["qwen2_audio_encoder"])
-            return cast("Qwen2AudioEncoderConfig", hf)
-        import transformers
-
-        return transformers.Qwen2AudioEncoderConfig(
-            num_mel_bins=self.n_mels,
-            d_model=self.hidden_size,
-            encoder_layers=self.num_layers,
-            encoder_attention_heads=self.num_heads,
-            encoder_ffn_dim=self.intermediate_size,
-            max_source_positions=self.max_source_positions,
-        )
+        hf = whisper_style_hf_config(self, "Qwen2AudioEncoderConfig", ["qwen2_audio_encoder"])
+        return cast("Qwen2AudioEncoderConfig", hf)
 
     def processor(self) -> Qwen2AudioMelProcessor:
         """Whisper log-mel features and Qwen2-Audio's token count."""

@@ -55,6 +55,23 @@ N_FFT = 400
 """STFT window (25 ms), as WhisperFeatureExtractor."""
 
 
+def whisper_style_hf_config(cfg: Any, class_name: str, model_types: list[str]) -> Any:
+    """A transformers config of Whisper-shaped encoder blocks (Whisper, Qwen2-Audio's
+    tower): loaded from ``cfg.pretrained`` or built from ``cfg``'s size fields."""
+    if cfg.pretrained is not None:
+        return load_hf_config(cfg.pretrained, cfg.name, model_types)
+    import transformers
+
+    return getattr(transformers, class_name)(
+        num_mel_bins=cfg.n_mels,
+        d_model=cfg.hidden_size,
+        encoder_layers=cfg.num_layers,
+        encoder_attention_heads=cfg.num_heads,
+        encoder_ffn_dim=cfg.intermediate_size,
+        max_source_positions=cfg.max_source_positions,
+    )
+
+
 class HfWhisperConfig(SpeechEncoderConfig):
     """Whisper encoder (transformers WhisperEncoder) on log-mel features of 16 kHz audio."""
 
@@ -66,18 +83,7 @@ class HfWhisperConfig(SpeechEncoderConfig):
 
     def hf_config(self) -> WhisperConfig:
         """The transformers WhisperConfig: from ``pretrained`` or from the fields above."""
-        if self.pretrained is not None:
-            return cast("WhisperConfig", load_hf_config(self.pretrained, self.name, ["whisper"]))
-        import transformers
-
-        return transformers.WhisperConfig(
-            num_mel_bins=self.n_mels,
-            d_model=self.hidden_size,
-            encoder_layers=self.num_layers,
-            encoder_attention_heads=self.num_heads,
-            encoder_ffn_dim=self.intermediate_size,
-            max_source_positions=self.max_source_positions,
-        )
+        return cast("WhisperConfig", whisper_style_hf_config(self, "WhisperConfig", ["whisper"]))
 
     def processor(self) -> WhisperMelProcessor:
         """Log-mel features and ``ceil(frames / 2)`` tokens."""
