@@ -176,6 +176,8 @@ def _pil_message(exc: Exception) -> str:
 
 def _exif_transposed(image: Image.Image) -> Image.Image:
     try:
+        if not image.getexif().get(0x0112, 1) - 1:  # orientation 1 (or none): no copy needed
+            return image
         return ImageOps.exif_transpose(image) or image
     except Exception:  # a broken EXIF block does not make the pixels unusable
         return image
@@ -189,6 +191,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    if image.mode == "RGB":  # already RGB: keep it (convert() would copy every pixel)
+        image.load()
+        return image
     return image.convert("RGB")
 
 

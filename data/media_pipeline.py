@@ -56,7 +56,8 @@ class StandInImageProcessor:
     def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
         """[3, size, size] float tensor."""
         assert segment.image is not None
-        image = segment.image.convert("RGB").resize((self.size, self.size))
+        image = segment.image if segment.image.mode == "RGB" else segment.image.convert("RGB")
+        image = image.resize((self.size, self.size))
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
         return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
