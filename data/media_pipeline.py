@@ -46,20 +46,21 @@ class MediaProcessor(Protocol):
 
 @dataclass(frozen=True)
 class StandInImageProcessor:
-    """Resize to ``size`` x ``size`` and normalise to [-1, 1]; ``(size / patch)**2``
-    tokens. Stands in for an encoder's own preprocessing until the model issue."""
+    """Resize to ``size`` x ``size`` uint8 pixels (encoders normalise in their forward, as
+    the real ones do); ``(size / patch)**2`` tokens. Stands in for an encoder's own
+    preprocessing in data tests and benchmarks."""
 
     size: int = 32
     patch: int = 8
     modality: str = "image"
 
     def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
-        """[3, size, size] float tensor."""
+        """[3, size, size] uint8 tensor."""
         assert segment.image is not None
         image = segment.image if segment.image.mode == "RGB" else segment.image.convert("RGB")
         image = image.resize((self.size, self.size))
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
-        return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        return pixels.permute(2, 0, 1).contiguous()
 
     def num_tokens(self, inputs: torch.Tensor) -> int:
         """Patches of the image."""

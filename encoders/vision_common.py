@@ -210,11 +210,16 @@ class ImageTransform:
         return views
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """``[3, H, W]`` float32: pixels / 255, minus mean, over std."""
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return (pixels.float() / 255.0 - mean) / std
+        """``[3, H, W]`` uint8 pixels. Normalisation happens in the encoder's forward
+        (:meth:`normalize`), on its device: a quarter of the bytes to stack, send between
+        processes and copy to an accelerator."""
+        return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 pixels ``[..., 3, H, W]`` -> ``(pixels / 255 - mean) / std`` in ``dtype``."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        return ((pixels.float() / 255.0 - mean) / std).to(dtype)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "RGB":
@@ -261,7 +266,7 @@ class VisionProcessor(EncoderProcessor):
         return self._shape()[1]
 
     def preprocess(self, segment: DecodedSegment) -> torch.Tensor:
-        """``[3, S, S]``, or ``[tiles, 3, S, S]`` with tiling."""
+        """uint8 ``[3, S, S]``, or ``[tiles, 3, S, S]`` with tiling (the encoder normalises)."""
         if segment.image is None:
             raise DataFormatError(
                 f"an image encoder got a {segment.kind} segment without an image (member {segment.member!r})"
@@ -287,8 +292,8 @@ class VisionEncoder(Encoder):
         raise NotImplementedError
 
     def forward(self, inputs: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``inputs`` ``[N, 3, S, S]`` or ``[N, tiles, 3, S, S]`` (tiles zero-padded, valid
-        counts in ``sizes``) -> features ``[N, T, D]`` and valid token counts ``[N]``."""
+        """uint8 ``inputs`` ``[N, 3, S, S]`` or ``[N, tiles, 3, S, S]`` (tiles zero-padded,
+        valid counts in ``sizes``) -> features ``[N, T, D]`` and valid token counts ``[N]``."""
         if inputs.dim() == 4:
             inputs = inputs.unsqueeze(1)
         if inputs.dim() != 5:
@@ -304,7 +309,7 @@ class VisionEncoder(Encoder):
             pixels = inputs.flatten(0, 1)
         else:  # encode only the valid tiles; padded ones would cost compute and could leak in
             pixels = torch.cat([inputs[i, :c] for i, c in enumerate(counts)])
-        features = self.encode_tiles(pixels.to(dtype))
+        features = self.encode_tiles(self.processor.transform.normalize(pixels, dtype))
         tokens = features.shape[1]
         if tokens != self.processor.tokens_per_tile:
             raise RuntimeError(

@@ -213,9 +213,10 @@ def test_constant_colour_normalises_to_formula(
     name: str, mean: tuple[float, ...], std: tuple[float, ...], resize: str
 ) -> None:
     colour = (200, 100, 50)
-    item = (
-        tiny_config(name, resize=resize).processor().preprocess(segment(Image.new("RGB", (50, 37), colour)))
-    )
+    processor = tiny_config(name, resize=resize).processor()
+    pixels = processor.preprocess(segment(Image.new("RGB", (50, 37), colour)))
+    assert pixels.dtype == torch.uint8  # the encoder normalises in its forward
+    item = processor.transform.normalize(pixels)
     expected = (torch.tensor(colour) / 255 - torch.tensor(mean)) / torch.tensor(std)
     torch.testing.assert_close(item, expected.view(3, 1, 1).expand(3, 32, 32), atol=1e-5, rtol=0)
 
@@ -229,7 +230,9 @@ def test_timm_defaults_come_from_the_model_else_imagenet() -> None:
 
 def test_custom_mean_std_and_pad_mode() -> None:
     processor = tiny_config("hf_clip", mean=(0.2, 0.4, 0.6), std=(0.1, 0.2, 0.3), resize="pad").processor()
-    item = processor.preprocess(segment(Image.new("RGB", (64, 32), (51, 102, 153))))
+    item = processor.transform.normalize(
+        processor.preprocess(segment(Image.new("RGB", (64, 32), (51, 102, 153))))
+    )
     expected = (torch.tensor([51, 102, 153]) / 255 - torch.tensor([0.2, 0.4, 0.6])) / torch.tensor(
         [0.1, 0.2, 0.3]
     )
@@ -325,7 +328,9 @@ def test_timm_pretrained_file_and_directory(tmp_path: Path) -> None:
     from_dir = build("timm", seed=1, pretrained=str(tmp_path / "dir"))
     item = from_file.preprocess(segment(demo_image(40, 40)))
     with torch.no_grad():
-        expected = timm_tokens(raw, item[None], 1, keep_prefix=False, norm=False)
+        expected = timm_tokens(
+            raw, from_file.processor.transform.normalize(item[None]), 1, keep_prefix=False, norm=False
+        )
         torch.testing.assert_close(from_file(item[None], [])[0], expected)
         torch.testing.assert_close(from_dir(item[None], [])[0], expected)
     bad = {k: v for k, v in state.items() if not k.startswith("blocks.1.")}
@@ -347,7 +352,9 @@ def test_open_clip_pretrained_full_checkpoint_keeps_only_the_tower(tmp_path: Pat
     assert not any("token_embedding" in n or "text" in n for n, _ in encoder.named_parameters())
     item = encoder.preprocess(segment(demo_image(40, 40)))
     with torch.no_grad():
-        expected = open_clip_tokens(tower, item[None], 1, keep_class=False, norm=False)
+        expected = open_clip_tokens(
+            tower, encoder.processor.transform.normalize(item[None]), 1, keep_class=False, norm=False
+        )
         torch.testing.assert_close(encoder(item[None], [])[0], expected)
     # a tower-only checkpoint (open_clip's directory layout) loads the same
     (tmp_path / "dir").mkdir()
@@ -381,7 +388,8 @@ def test_hf_clip_pretrained_full_clip_directory(tmp_path: Path) -> None:
     assert not any("text" in n for n, _ in encoder.named_parameters())
     item = encoder.preprocess(segment(demo_image(40, 40)))
     with torch.no_grad():
-        hidden = clip.vision_model(pixel_values=item[None], output_hidden_states=True).hidden_states[-2]
+        pixels = encoder.processor.transform.normalize(item[None])
+        hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
         torch.testing.assert_close(encoder(item[None], [])[0], hidden[:, 1:])
     with pytest.raises(ConfigError, match="hf_siglip"):
         build("hf_siglip", pretrained=str(tmp_path))
@@ -396,7 +404,8 @@ def test_hf_siglip_pretrained_round_trip(tmp_path: Path) -> None:
     encoder = build("hf_siglip", pretrained=str(tmp_path))
     item = encoder.preprocess(segment(demo_image(40, 40)))
     with torch.no_grad():
-        hidden = model(pixel_values=item[None], output_hidden_states=True).hidden_states[-2]
+        pixels = encoder.processor.transform.normalize(item[None])
+        hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
         torch.testing.assert_close(encoder(item[None], [])[0], hidden)
 
 
