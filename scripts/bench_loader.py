@@ -300,13 +300,14 @@ def tokenizer_for(texts: list[str]) -> TextTokenizer:
 
 
 def to_pixels(image: Image.Image, size: int) -> torch.Tensor:
-    """Exactly the tensor work of StandInImageProcessor.preprocess after its resize."""
+    """Exactly the tensor work of StandInImageProcessor.preprocess after its resize (uint8
+    pixels, as every encoder's preprocess yields; normalisation runs in the encoder)."""
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
-    return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    return pixels.permute(2, 0, 1).contiguous()
 
 
 def bare_images(shards: list[Path], size: int = IMAGE_SIZE) -> int:
-    """Bare loop: PIL decode + the same resize + the same normalised float tensor."""
+    """Bare loop: PIL decode + the same resize + the same uint8 pixel tensor."""
     n = 0
     for _, data in tar_members(shards, ".jpg"):
         image = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
