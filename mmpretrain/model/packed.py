@@ -44,7 +44,11 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     the sum by the label-token count of the whole global batch, not per micro-batch,
     keeps the loss independent of gradient accumulation and world size.
     """
-    shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shifted_labels = labels[:, 1:].reshape(-1)
-    loss_sum = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    # Shift the labels, not the logits: slicing [B, L, V] logits would copy them forward and
+    # allocate a zero-filled gradient backward (several % of a small model's step).
+    shifted_labels = torch.full_like(labels, IGNORE_INDEX)
+    shifted_labels[:, :-1] = labels[:, 1:]
+    shifted_labels = shifted_labels.reshape(-1)
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    loss_sum = F.cross_entropy(flat_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, int((shifted_labels != IGNORE_INDEX).sum())
