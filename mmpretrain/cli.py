@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "build",
         "convert a dataset into shards (demo data needs no input)",
         (
-            "  mmpt data build --format demo --out data/demo\n"
+            "  mmpt data build --format demo --out runs/demo-data\n"
             "  mmpt data build --format captions --input blip_laion.json --images-dir images --out shards/"
         ),
         data_cli.data_build_command,
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         data_sub,
         "inspect",
         "print a human summary of shards",
-        "  mmpt data inspect 'data/demo/*.tar'\n"
-        "  mmpt data inspect 'data/demo/shard-{000000..000003}.tar' --limit 20",
+        "  mmpt data inspect 'runs/demo-data/*.tar'\n"
+        "  mmpt data inspect 'runs/demo-data/shard-{000000..000003}.tar' --limit 20",
         data_cli.data_inspect_command,
         p,
     )
@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         data_sub,
         "stats",
         "count samples, skips and errors in shards",
-        "  mmpt data stats 'data/demo/*.tar' --json\n"
-        "  mmpt data stats 'data/demo/*.tar' --tokenizer runs/tiny/tokenizer",
+        "  mmpt data stats 'runs/demo-data/*.tar' --json\n"
+        "  mmpt data stats 'runs/demo-data/*.tar' --tokenizer runs/tiny/tokenizer",
         data_cli.data_stats_command,
         p,
     )
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "  mmpt tokenizer train --input corpus.txt --vocab-size 4096 --out tok/\n"
             "  mmpt tokenizer train --input shakespeare --vocab-size 1024 --out tok-shakespeare/\n"
-            "  mmpt tokenizer train --kind vq --input 'data/demo/*.tar' --out vq/"
+            "  mmpt tokenizer train --kind vq --input 'runs/demo-data/*.tar' --out vq/"
         ),
         _cmd_tokenizer_train,
         p,
