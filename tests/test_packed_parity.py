@@ -87,3 +87,40 @@ def test_token_loss_sum_counts_label_tokens(tiny_llm_config: Callable[..., Any])
         loss_sum, count = token_loss_sum(packed_logits(model, batch), batch.labels)
     assert count == batch.num_label_tokens() == 3  # 2 of "a" + 1 of "b"
     assert loss_sum.item() > 0
+
+
+@pytest.mark.parametrize(("name", "window"), [("llama", None), ("qwen2", None), ("mistral", 3)])
+def test_chunked_attention_equals_the_dense_mask(
+    name: str, window: int | None, tiny_llm_config: Callable[..., Any]
+) -> None:
+    """mmpt_chunked computes scores only inside chunks of whole documents: same logits at every
+    document position and same gradients as the dense additive mask."""
+    extra = {"sliding_window": window} if window else {}
+    dense = LLMS.build(tiny_llm_config(name, **extra))
+    chunked = LLMS.build(
+        tiny_llm_config(name, attn_implementation="mmpt_chunked", attn_chunk_size=8, **extra)
+    )
+    chunked.load_state_dict(dense.state_dict())
+    packs = [p for p, _ in TextPacker(seq_len=SEQ_LEN, buffer_docs=100).pack(documents(128))]
+    batch = build_text_batch(packs, SEQ_LEN, pad_id=127)
+    real = batch.doc_ids >= 0
+    logits = {}
+    for label, model in (("dense", dense), ("chunked", chunked)):
+        out = packed_logits(model, batch)
+        loss, count = token_loss_sum(out, batch.labels)
+        (loss / count).backward()
+        logits[label] = out.detach()
+    torch.testing.assert_close(logits["chunked"][real], logits["dense"][real], atol=ATOL, rtol=0)
+    for (param_name, a), (_, b) in zip(dense.named_parameters(), chunked.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=param_name)
+
+
+def test_chunk_plan_groups_whole_documents() -> None:
+    from mmpretrain.model.chunked_attention import plan_chunks
+
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, -1], [0, 0, 0, 0, 0, 0, 0, 1, -1, -1]])
+    plan = plan_chunks(doc_ids, chunk_size=4, sliding_window=None, dtype=torch.float32)
+    # row 0: [doc0 (3)] [doc1 (2) ...] ; a 7-long document widens every chunk to 7
+    assert plan.gather.shape[1] == 7
+    chunks = [plan.gather[c][plan.valid[c]].tolist() for c in range(plan.gather.shape[0])]
+    assert chunks == [[0, 1, 2, 3, 4], [5, 6, 7, 8], [10, 11, 12, 13, 14, 15, 16], [17]]

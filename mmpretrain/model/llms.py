@@ -56,8 +56,12 @@ class CausalLMConfig(ComponentConfig):
     """Std of the normal init of weights."""
     rms_norm_eps: float = Field(1e-6, gt=0)
     """Epsilon of the RMSNorm layers (Llama-2/Vicuna, SmolLM2 and Qwen2-Audio use 1e-5)."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """Attention kernel; packed training passes an explicit block mask to sdpa/eager."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "mmpt_chunked"] = "sdpa"
+    """Attention kernel; packed training passes an explicit block mask to sdpa/eager;
+    `mmpt_chunked` computes scores only inside chunks of whole documents (for many short
+    documents per packed row; equal outputs at every document position)."""
+    attn_chunk_size: int = Field(256, gt=0)
+    """mmpt_chunked: positions per chunk (a longer document gets a chunk of its own length)."""
     dtype: DTYPES = "float32"
     """Parameter dtype at build (autocast is a training option)."""
 
@@ -139,16 +143,24 @@ def build_causal_lm(cfg: CausalLMConfig) -> PreTrainedModel:
     import transformers
 
     dtype = getattr(torch, cfg.dtype)
+    if cfg.attn_implementation == "mmpt_chunked":
+        from mmpretrain.model.chunked_attention import register
+
+        register()
     if cfg.pretrained is not None:
-        return load_pretrained_causal_lm(cfg, dtype)
+        model = load_pretrained_causal_lm(cfg, dtype)
+        model.config.mmpt_attn_chunk = cfg.attn_chunk_size
+        return model
     config_class_name, _ = _HF_ARCHITECTURES[cfg.name]
     kwargs = cfg.hf_kwargs()
     if isinstance(cfg, MistralLMConfig):
         kwargs["sliding_window"] = cfg.sliding_window
     hf_config = getattr(transformers, config_class_name)(**kwargs)
-    return transformers.AutoModelForCausalLM.from_config(
+    model = transformers.AutoModelForCausalLM.from_config(
         hf_config, attn_implementation=cfg.attn_implementation, dtype=dtype
     )
+    model.config.mmpt_attn_chunk = cfg.attn_chunk_size
+    return model
 
 
 def load_pretrained_causal_lm(cfg: CausalLMConfig, dtype: Any) -> PreTrainedModel:

@@ -3,7 +3,8 @@
 DESIGN.md section 2: train with ``use_cache=False`` and always pass an explicit mask.
 sdpa and eager get the additive float block-causal mask (a 4-D bool mask is wrong for
 eager, which adds the mask to the scores); flash-attention gets the reset position ids,
-from which transformers derives the varlen ``cu_seqlens``. Sliding-window models have
+from which transformers derives the varlen ``cu_seqlens``; ``mmpt_chunked`` gets a chunk
+plan and computes scores only inside chunks of whole documents. Sliding-window models have
 the window folded into the mask.
 """
 
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from mmpretrain.data.types import IGNORE_INDEX, PackedBatch
+from mmpretrain.model.chunked_attention import NAME as CHUNKED
+from mmpretrain.model.chunked_attention import plan_chunks
 
 
 def packed_attention_kwargs(config: Any, batch: PackedBatch, dtype: torch.dtype) -> dict[str, Any]:
@@ -24,6 +27,10 @@ def packed_attention_kwargs(config: Any, batch: PackedBatch, dtype: torch.dtype)
     if implementation == "flash_attention_2":
         return kwargs  # varlen from the reset position_ids (no padded-row mask needed)
     window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if implementation == CHUNKED:  # scores only inside chunks of whole documents
+        chunk = getattr(config, "mmpt_attn_chunk", 256)
+        kwargs["chunk_plan"] = plan_chunks(batch.doc_ids, chunk, window, dtype)
+        return kwargs
     kwargs["attention_mask"] = batch.attention_mask("additive", dtype=dtype, sliding_window=window)
     return kwargs
 

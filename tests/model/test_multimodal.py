@@ -72,7 +72,7 @@ def documents(cfg: Any) -> list[MediaDocument]:
     return [MediaDocument(f"doc{i}", p) for i, p in enumerate(parts)]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "mmpt_chunked"])
 def test_packed_media_documents_equal_each_document_alone(attn: str) -> None:
     cfg = omni(attn)
     model = build_model(cfg).eval()
