@@ -174,7 +174,9 @@ class MediaBatchStream:
         self.packer = MediaPacker(seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed)
         self.loss_mask = LossMask(cfg.loss_on_text_before_first_media)
         self.ids = MediaTokenIds.from_tokenizer(tokenizer)
-        self.skips = SkipCounter(max_skips=None, name="media documents")
+        # Unpackable documents (an item longer than seq_len, ...) are skipped; if most are, the
+        # model and data do not fit each other: stop with the reason instead of training on text.
+        self.skips = SkipCounter(max_skips=None, max_fraction=0.5, name="media documents")
 
     def _fits(self, document: MediaDocument) -> str | None:
         """Why a document can never be packed (None if it can)."""
