@@ -174,9 +174,11 @@ class MediaBatchStream:
         self.packer = MediaPacker(seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed)
         self.loss_mask = LossMask(cfg.loss_on_text_before_first_media)
         self.ids = MediaTokenIds.from_tokenizer(tokenizer)
-        # Unpackable documents (an item longer than seq_len, ...) are skipped; if most are, the
-        # model and data do not fit each other: stop with the reason instead of training on text.
-        self.skips = SkipCounter(max_skips=None, max_fraction=0.5, name="media documents")
+        # Documents whose media the model has no encoder for are skipped by design (a speech
+        # LM on mixed shards); unpackable ones (an item longer than seq_len, ...) too, but if
+        # most are, the model and data do not fit: stop with the reason instead of going on.
+        self.skips = SkipCounter(max_skips=None, name="media documents")
+        self.unpackable = SkipCounter(max_skips=None, max_fraction=0.5, name="media documents (unpackable)")
 
     def _fits(self, document: MediaDocument) -> str | None:
         """Why a document can never be packed (None if it can)."""
@@ -205,8 +207,10 @@ class MediaBatchStream:
             problem = self._fits(document)
             if problem is not None:
                 self.skips.skip("media_too_long", f"{sample.shard}:{sample.key}", problem)
+                self.unpackable.skip("media_too_long", f"{sample.shard}:{sample.key}", problem)
                 continue
             self.skips.ok()
+            self.unpackable.ok()
             number += 1
             marks[number] = after
             yield document

@@ -42,7 +42,6 @@ from .vision_common import (
     RGB,
     SIGLIP_MEAN,
     SIGLIP_STD,
-    ImageTransform,
     ResizeMode,
     VisionEncoder,
     VisionEncoderConfig,
@@ -107,15 +106,7 @@ class HFVisionEncoderConfig(VisionEncoderConfig):
         """Resize/crop/normalise by this config (mean/std default to the pretrained
         directory's preprocessor_config.json, else the backend's standard values)."""
         arch = resolve_hf_vision(self)
-        transform = ImageTransform(
-            arch.image_size,
-            self.mean or arch.mean,
-            self.std or arch.std,
-            self.resize,
-            self.interpolation,
-            self.tiling,
-        )
-        return VisionProcessor(transform, functools.partial(_probe, self))
+        return self.make_processor(arch.image_size, arch.mean, arch.std, functools.partial(_probe, self))
 
 
 class HFClipEncoderConfig(HFVisionEncoderConfig):

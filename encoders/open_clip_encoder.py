@@ -31,7 +31,6 @@ from mmpretrain.registry import ENCODERS
 from .vision_common import (
     CLIP_MEAN,
     CLIP_STD,
-    ImageTransform,
     VisionEncoder,
     VisionEncoderConfig,
     VisionProcessor,
@@ -85,15 +84,7 @@ class OpenClipEncoderConfig(VisionEncoderConfig):
         """Resize/crop/normalise by this config (mean/std default to the pretrained tag's,
         else the CLIP values); tokens traced on the meta device."""
         arch = resolve_open_clip(self)
-        transform = ImageTransform(
-            arch.image_size,
-            self.mean or arch.mean,
-            self.std or arch.std,
-            self.resize,
-            self.interpolation,
-            self.tiling,
-        )
-        return VisionProcessor(transform, functools.partial(_probe, self))
+        return self.make_processor(arch.image_size, arch.mean, arch.std, functools.partial(_probe, self))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from mmpretrain.registry import ENCODERS
 from .vision_common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ImageTransform,
     VisionEncoder,
     VisionEncoderConfig,
     VisionProcessor,
@@ -73,15 +72,7 @@ class TimmEncoderConfig(VisionEncoderConfig):
         """Resize/crop/normalise by this config (mean/std default to the model's
         pretrained config, ImageNet when it has none); tokens traced on the meta device."""
         image_size, mean, std = _resolved_preprocessing(self)
-        transform = ImageTransform(
-            image_size,
-            self.mean or mean,
-            self.std or std,
-            self.resize,
-            self.interpolation,
-            self.tiling,
-        )
-        return VisionProcessor(transform, functools.partial(_probe, self))
+        return self.make_processor(image_size, mean, std, functools.partial(_probe, self))
 
 
 def _check_model_name(model: str) -> None:

@@ -98,6 +98,25 @@ class VisionEncoderConfig(EncoderConfig):
             raise ValueError(f"std values must be > 0, got {list(std)}")
         return std
 
+    def make_processor(
+        self,
+        image_size: int,
+        default_mean: Sequence[float],
+        default_std: Sequence[float],
+        probe: Callable[[], tuple[int, int]],
+    ) -> VisionProcessor:
+        """The processor of this config: its resize/crop/tiling, its mean/std or the
+        backend's defaults, and the backend's weight-free token probe."""
+        transform = ImageTransform(
+            image_size,
+            self.mean or default_mean,
+            self.std or default_std,
+            self.resize,
+            self.interpolation,
+            self.tiling,
+        )
+        return VisionProcessor(transform, probe)
+
     def modality(self) -> Literal["image"]:
         """Vision encoders read images."""
         return "image"

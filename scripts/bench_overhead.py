@@ -41,12 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmpretrain.data.packing import PackedDocument, TextPacker, build_text_batch
+from mmpretrain.data.packing import TextPacker, build_text_batch
+from mmpretrain.data.synthetic import lognormal_documents
 from mmpretrain.data.text_pipeline import TextStreamState
 from mmpretrain.data.types import PackedBatch
 from mmpretrain.errors import UserError
 from mmpretrain.model.llms import LlamaLMConfig, build_causal_lm
-from mmpretrain.model.packed import packed_logits, token_loss_sum
+from mmpretrain.model.multimodal import MultimodalLM
+from mmpretrain.model.packed import token_loss_sum
 from mmpretrain.train.config import OptimConfig, TrainConfig
 from mmpretrain.train.metrics import MetricsLogger
 from mmpretrain.train.optim import build_optimizer
@@ -55,18 +57,6 @@ from mmpretrain.train.signals import GracefulStop
 
 PAD_ID = 0
 MicroBatch = tuple[PackedBatch, TextStreamState]
-
-
-def lognormal_documents(vocab: int, seed: int) -> Iterator[PackedDocument]:
-    """An endless seeded stream of documents: lognormal lengths (median 300, sigma 1.0),
-    uniform random token ids in ``[1, vocab)`` (0 is the pad id)."""
-    gen = torch.Generator().manual_seed(seed)
-    index = 0
-    while True:
-        length = max(1, round(math.exp(math.log(300) + float(torch.randn((), generator=gen)))))
-        tokens = torch.randint(1, vocab, (length,), generator=gen).tolist()
-        yield PackedDocument(f"doc{index}", tokens)
-        index += 1
 
 
 def packed_batches(n: int, batch_size: int, seq_len: int, vocab: int, seed: int) -> list[PackedBatch]:
@@ -130,7 +120,7 @@ class OurStep:
         loss_sum_total = 0.0
         for batch, _ in micro_batches:
             with self.autocast:
-                logits = packed_logits(self.forward_model, batch)
+                logits = self.forward_model(batch)
             loss_sum, _ = token_loss_sum(logits, batch.labels)
             (loss_sum / label_tokens).backward()
             loss_sum_total += loss_sum.item()
@@ -297,8 +287,8 @@ def main() -> None:
     # constant lr so that the bare loop (fixed lr) takes the same steps as ours
     optim_cfg = OptimConfig(schedule="constant")
     torch.manual_seed(args.seed)
-    ours_model = build_causal_lm(llm).train()
-    bare_model = copy.deepcopy(ours_model).train()
+    ours_model = MultimodalLM(build_causal_lm(llm)).train()  # what train() builds (no encoders)
+    bare_model = copy.deepcopy(ours_model.llm).train()
     n_params = sum(p.numel() for p in ours_model.parameters())
 
     batches = packed_batches(steps * args.grad_accum, args.batch_size, args.seq_len, args.vocab, args.seed)

@@ -27,20 +27,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 
 import torch
 from torch import nn
 
-from mmpretrain.data.packing import PackedDocument, TextPacker, build_text_batch
+from mmpretrain.data.packing import TextPacker, build_text_batch
 from mmpretrain.data.packing_baselines import dynamic_padding_batch, pad_to_length_batch
+from mmpretrain.data.synthetic import lognormal_documents
 from mmpretrain.data.types import PackedBatch
 from mmpretrain.model.llms import LlamaLMConfig, build_causal_lm
 from mmpretrain.model.packed import packed_logits, token_loss_sum
@@ -49,18 +49,6 @@ from mmpretrain.train.optim import build_optimizer
 
 PAD_ID = 0
 GRAD_CLIP = 1.0
-
-
-def lognormal_documents(vocab: int, seed: int) -> Iterator[PackedDocument]:
-    """An endless seeded stream of documents: lognormal lengths (median 300, sigma 1.0),
-    uniform random token ids in ``[1, vocab)`` (0 is the pad id)."""
-    gen = torch.Generator().manual_seed(seed)
-    index = 0
-    while True:
-        length = max(1, round(math.exp(math.log(300) + float(torch.randn((), generator=gen)))))
-        tokens = torch.randint(1, vocab, (length,), generator=gen).tolist()
-        yield PackedDocument(f"doc{index}", tokens)
-        index += 1
 
 
 def packed(n: int, rows: int, seq_len: int, vocab: int, seed: int) -> list[PackedBatch]:

@@ -104,3 +104,17 @@ def test_items_too_long_for_seq_len_are_skipped_and_counted(
     batches = list(itertools.islice(media_stream.batches(), 5))
     assert all("image" not in b.media for b, _ in batches)
     assert media_stream.skips.by_reason.get("media_too_long", 0) > 0
+
+
+def test_mostly_unpackable_media_stops_with_the_reason(demo_shards: Path, tokenizer: TextTokenizer) -> None:
+    from mmpretrain.errors import DataFormatError
+
+    reader = ReaderConfig(shards=[str(demo_shards / "shard-*.tar")], shuffle_buffer=0)
+    cfg = MediaDataConfig(reader=reader, buffer_docs=8)
+    huge = {
+        "image": StandInImageProcessor(size=64, patch=2),
+        "audio": StandInAudioProcessor(tokens_per_second=500),
+    }
+    media_stream = MediaBatchStream(cfg, tokenizer, huge, seq_len=256, batch_size=2, seed=0)
+    with pytest.raises(DataFormatError, match=r"too many bad records in media documents \(unpackable\)"):
+        list(itertools.islice(media_stream.batches(), 200))
