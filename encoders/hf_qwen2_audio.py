@@ -17,19 +17,15 @@ from typing import TYPE_CHECKING, Literal, cast
 import torch
 from pydantic import Field
 
-from mmpretrain.encoders.base import Encoder
 from mmpretrain.encoders.hf_whisper import (
     HOP_LENGTH,
     WhisperMelProcessor,
+    WhisperStyleEncoder,
     fit_mel_window,
     whisper_style_hf_config,
 )
 from mmpretrain.encoders.speech_common import (
     SpeechEncoderConfig,
-    check_feature_layer,
-    hidden_state_index,
-    load_tower_weights,
-    local_model_dir,
     select_feature_layer,
 )
 from mmpretrain.registry import ENCODERS
@@ -78,28 +74,15 @@ class Qwen2AudioMelProcessor(WhisperMelProcessor):
         return qwen2_audio_output_length(self.frames(inputs))
 
 
-class Qwen2AudioSpeechEncoder(Encoder):
+class Qwen2AudioSpeechEncoder(WhisperStyleEncoder):
     """transformers Qwen2AudioEncoder: ``forward(mel [N, n_mels, T], sizes) -> ([N, T', D], lengths)``."""
 
     def __init__(self, config: HfQwen2AudioConfig) -> None:
         super().__init__(config)
         from transformers import Qwen2AudioEncoder
 
-        hf = config.hf_config()
-        check_feature_layer(config.feature_layer, hf.encoder_layers, config.name)
-        if config.pretrained is not None:
-            directory = local_model_dir(config.pretrained, config.name)
-            self.audio_tower = load_tower_weights(
-                lambda: Qwen2AudioEncoder(hf),
-                directory,
-                config.name,
-                prefer=("model.audio_tower.", "audio_tower.", ""),
-            )
-        else:
-            self.audio_tower = Qwen2AudioEncoder(hf)
-        self.out_dim = hf.d_model
-        self.window_frames = 2 * hf.max_source_positions
-        self.layer_index = hidden_state_index(config.feature_layer, hf.encoder_layers)
+        prefer = ("model.audio_tower.", "audio_tower.", "")
+        self.audio_tower = self.build_tower(config, Qwen2AudioEncoder, prefer=prefer)
 
     def forward(self, inputs: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled features of each item's valid tokens, and their count per item."""

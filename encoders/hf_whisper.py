@@ -156,25 +156,33 @@ def fit_mel_window(inputs: torch.Tensor, sizes: list[int], window: int) -> tuple
     return torch.where(mask, features, silence[:, None, None]), valid
 
 
-class WhisperSpeechEncoder(Encoder):
+class WhisperStyleEncoder(Encoder):
+    """Shared set-up of encoders made of Whisper blocks on a log-mel window."""
+
+    def build_tower(self, config: Any, make: Any, prefer: tuple[str, ...]) -> Any:
+        """``make(hf_config)`` with random init, or loaded from ``config.pretrained`` (the
+        first of the ``prefer`` key prefixes found); sets width, window and feature layer."""
+        hf = config.hf_config()
+        check_feature_layer(config.feature_layer, hf.encoder_layers, config.name)
+        if config.pretrained is not None:
+            directory = local_model_dir(config.pretrained, config.name)
+            tower = load_tower_weights(lambda: make(hf), directory, config.name, prefer=prefer)
+        else:
+            tower = make(hf)
+        self.out_dim = hf.d_model
+        self.window_frames = 2 * hf.max_source_positions
+        self.layer_index = hidden_state_index(config.feature_layer, hf.encoder_layers)
+        return tower
+
+
+class WhisperSpeechEncoder(WhisperStyleEncoder):
     """transformers WhisperEncoder: ``forward(mel [N, n_mels, T], sizes) -> ([N, T', D], lengths)``."""
 
     def __init__(self, config: HfWhisperConfig) -> None:
         super().__init__(config)
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-        hf = config.hf_config()
-        check_feature_layer(config.feature_layer, hf.encoder_layers, config.name)
-        if config.pretrained is not None:
-            directory = local_model_dir(config.pretrained, config.name)
-            self.encoder = load_tower_weights(
-                lambda: WhisperEncoder(hf), directory, config.name, prefer=("model.encoder.", "encoder.", "")
-            )
-        else:
-            self.encoder = WhisperEncoder(hf)
-        self.out_dim = hf.d_model
-        self.window_frames = 2 * hf.max_source_positions
-        self.layer_index = hidden_state_index(config.feature_layer, hf.encoder_layers)
+        self.encoder = self.build_tower(config, WhisperEncoder, prefer=("model.encoder.", "encoder.", ""))
 
     def forward(self, inputs: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of each item's ``ceil(frames / 2)`` valid output frames, and that count."""
