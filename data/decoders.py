@@ -89,6 +89,7 @@ class DecodedSegment:
     sample_rate: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     member: str | None = None
+    loss: bool = True  # text only: False = no loss on it (a prompt, a user turn)
 
 
 @dataclass
@@ -309,7 +310,7 @@ def decode_sample(sample: Sample, limits: DecodeLimits | None = None) -> Decoded
         if seg.kind == "text":
             if not (seg.text or "").strip():
                 raise DecodeError("empty_text", f"{where}: text segment is empty or whitespace-only")
-            segments.append(DecodedSegment("text", text=seg.text, meta=seg.meta, member=None))
+            segments.append(DecodedSegment("text", text=seg.text, meta=seg.meta, member=None, loss=seg.loss))
             continue
         member = seg.member or f"{i}.{seg.meta.get('ext', '?')}"
         ext = member.rsplit(".", 1)[-1].lower()

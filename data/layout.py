@@ -51,6 +51,10 @@ class MediaItem:
         return self.num_tokens + 2
 
 
+class NoLossTokens(list[int]):
+    """Text tokens the model reads but is not trained to predict (a prompt, a user turn)."""
+
+
 Part = list[int] | MediaItem
 
 
@@ -117,7 +121,8 @@ def layout_batch(
     """Lay packs out as a ``[len(packs), seq_len]`` PackedBatch with media spans.
 
     Labels are -100 on media (markers and placeholders), on padding, on each document's
-    first position and, if ``loss_mask`` says so, on text before the first media item.
+    first position, on :class:`NoLossTokens` (prompts, user turns) and, if ``loss_mask``
+    says so, on text before the first media item.
     """
     rows = len(packs)
     input_ids = torch.full((rows, seq_len), pad_id, dtype=torch.long)
@@ -151,7 +156,8 @@ def layout_batch(
                 else:
                     tokens = torch.tensor(part, dtype=torch.long)
                     input_ids[row, offset : offset + len(tokens)] = tokens
-                    if seen_media or loss_mask.text_before_first_media:
+                    carries_loss = seen_media or loss_mask.text_before_first_media
+                    if carries_loss and not isinstance(part, NoLossTokens):
                         labels[row, offset : offset + len(tokens)] = tokens
                     offset += len(tokens)
             if offset > seq_len:

@@ -67,11 +67,11 @@ def split_media_document(
             pieces[-1].append(part)
             room, images, seconds = room - part.length, images + is_image, seconds + part.seconds
             continue
-        tokens = list(part)
+        tokens, wrap = list(part), type(part)  # wrap keeps NoLossTokens what they are
         while tokens:
             if room == 0:
                 new_piece()
-            pieces[-1].append(tokens[:room])
+            pieces[-1].append(wrap(tokens[:room]))
             room -= len(tokens[:room])
             tokens = tokens[len(pieces[-1][-1]) :]
     pieces = [p for p in pieces if p]

@@ -21,7 +21,15 @@ from pydantic import Field
 
 from mmpretrain.config import ConfigModel
 from mmpretrain.data.decoders import DecodedSample, DecodedSegment
-from mmpretrain.data.layout import LossMask, MediaDocument, MediaItem, MediaTokenIds, Part, layout_batch
+from mmpretrain.data.layout import (
+    LossMask,
+    MediaDocument,
+    MediaItem,
+    MediaTokenIds,
+    NoLossTokens,
+    Part,
+    layout_batch,
+)
 from mmpretrain.data.media_packing import MediaPacker, PackBudget
 from mmpretrain.data.packing import PackerState
 from mmpretrain.data.reader import ReaderConfig, ReaderState, ShardReader
@@ -134,7 +142,8 @@ def to_media_document(
     parts: list[Part] = []
     for segment in sample.segments:
         if segment.kind == "text":
-            parts.append(tokenizer.encode(segment.text or ""))
+            tokens = tokenizer.encode(segment.text or "")
+            parts.append(tokens if segment.loss else NoLossTokens(tokens))
             continue
         processor = processors.get(segment.kind)
         if processor is None:

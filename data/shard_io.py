@@ -97,6 +97,8 @@ def sample_to_members(sample: Sample) -> list[tuple[str, bytes]]:
         entry: dict[str, Any] = {"kind": seg.kind}
         if seg.kind == "text":
             entry["text"] = seg.text
+            if not seg.loss:
+                entry["loss"] = False
         else:
             assert seg.data is not None  # Segment checks media carries bytes
             member = f"{i}.{_media_ext(key, i, seg)}"

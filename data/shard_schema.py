@@ -32,7 +32,7 @@ _ANY_MEDIA = re.compile(r"^\d+\.(" + "|".join(IMAGE_EXTENSIONS + AUDIO_EXTENSION
 
 _TOP_KEYS = ("segments", "source", "meta", "version")
 _SEGMENT_KEYS = {
-    "text": ("kind", "text", "meta"),
+    "text": ("kind", "text", "loss", "meta"),
     "image": ("kind", "member", "meta"),
     "audio": ("kind", "member", "text", "meta"),
 }
@@ -80,6 +80,8 @@ def _check_segment(key: str, index: int, seg: object) -> str | None:
         if not isinstance(text, str) or not text:
             got = "an empty string" if text == "" else _type_name(text)
             raise _error(key, f"{path}.text", f"a text segment needs a non-empty string, got {got}")
+        if "loss" in seg and not isinstance(seg["loss"], bool):
+            raise _error(key, f"{path}.loss", f"must be true or false, got {_type_name(seg['loss'])}")
         return None
     if "text" in seg and not isinstance(seg["text"], str):
         raise _error(key, f"{path}.text", f"the transcript must be a string, got {_type_name(seg['text'])}")
@@ -209,6 +211,7 @@ def sample_from_json(key: str, obj: object, media: Mapping[str, bytes]) -> Sampl
                 data=bytes(media[member]) if member is not None else None,
                 meta=dict(seg.get("meta", {})),
                 member=member,
+                loss=seg.get("loss", True),
             )
         )
     return Sample(

@@ -33,6 +33,8 @@ class Segment:
     segment. ``data`` holds the still-encoded bytes of a media file (jpg/png/webp,
     flac/wav); the encoder decodes and preprocesses them. ``member`` is the tar member the
     bytes came from (``"0.jpg"``), kept only so that decode errors can name it.
+    ``loss=False`` marks a text segment that carries no loss (a prompt, a user turn of a
+    conversation): the model reads it but is not trained to predict it.
     """
 
     kind: SegmentKind
@@ -40,6 +42,7 @@ class Segment:
     data: bytes | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     member: str | None = None
+    loss: bool = True
 
     def __post_init__(self) -> None:
         where = f"Segment(kind={self.kind!r})"
@@ -55,6 +58,8 @@ class Segment:
             if self.data is not None:
                 raise DataFormatError(f"{where}: a text segment cannot carry media data")
             return
+        if not self.loss:
+            raise DataFormatError(f"{where}: loss=False applies to text segments only")
         if not isinstance(self.data, bytes):
             raise DataFormatError(
                 f"{where}: a media segment needs data as bytes (the encoded file), "
