@@ -184,21 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
         "convert a dataset into shards (demo data needs no input)",
         (
             "  mmpt data build --format demo --out runs/demo-data\n"
-            "  mmpt data build --format captions --input blip_laion.json --images-dir images --out shards/"
+            "  mmpt data build --format captions --input blip_laion_558k.json --images-dir images "
+            "--out shards/llava\n"
+            "  mmpt data build --format interleaved --input 'mmc4/docs_*.jsonl.zip' --images-dir mmc4/images "
+            "--out shards/mmc4 --workers 8\n"
+            "  mmpt data build --format asr --input LibriSpeech/train-clean-100 --out shards/librispeech\n"
+            "  mmpt data build --format tts-interleaved --input corpus.jsonl --out shards/tts --tts-ratio 0.3"
         ),
         data_cli.data_build_command,
         p,
     )
-    build.add_argument("--format", required=True, help="input format (demo, captions, interleaved, asr, ...)")
-    build.add_argument("--input", help="input file or directory")
-    build.add_argument("--images-dir", help="directory the input's image paths are relative to")
-    build.add_argument("--out", required=True, help="output directory for shards and index.json")
-    build.add_argument("--samples", type=int, default=600, help="demo: number of samples (default 600)")
-    build.add_argument("--shards", type=int, default=4, help="demo: number of shards (default 4)")
-    build.add_argument("--seed", type=int, default=0, help="demo: random seed (default 0)")
-    build.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out (replaces an earlier build)"
-    )
+    data_cli.add_build_arguments(build)
     inspect = _add(
         data_sub,
         "inspect",

@@ -1,36 +1,177 @@
 """`mmpt data build|inspect|stats`: write, look at and count shards (docs/data-format.md).
 
 ``--format demo`` draws the demo dataset (mmpretrain.data.demo_data) and needs no input;
-the converters of real formats land in a later issue.
+every other format is a parser in mmpretrain.data.build (captions, interleaved, asr,
+tts-interleaved, text, conversations).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.errors import NotImplementedYetError, UserError
+from mmpretrain.data.build.options import DEFAULT_MAX_IMAGE_SIDE, BuildOptions
+from mmpretrain.errors import UserError
+
+
+def add_build_arguments(build: argparse.ArgumentParser) -> None:
+    """The flags of `mmpt data build` (see mmpretrain.data.build.options.BuildOptions)."""
+    add = build.add_argument
+    add(
+        "--format",
+        required=True,
+        help="input format: demo, captions, interleaved, asr, tts-interleaved, text, conversations",
+    )
+    add("--input", help="input file, directory or glob (quote globs)")
+    add("--images-dir", help="directory the input's image paths are relative to (default: the input's)")
+    add("--audio-dir", help="directory the input's audio paths are relative to (default: the input's)")
+    add("--out", required=True, help="output directory for shards and index.json")
+    add("--overwrite", action="store_true", help="write into a non-empty --out (replaces an earlier build)")
+    add("--source", help="dataset name stored in every sample (default: the detected layout)")
+    add("--workers", type=int, default=0, help="processes that read and encode media (default 0: none)")
+    add(
+        "--max-image-side",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_SIDE,
+        help=f"shrink images so the longer side is at most this (default {DEFAULT_MAX_IMAGE_SIDE})",
+    )
+    add("--max-audio-seconds", type=float, default=600.0, help="skip longer audio files (default 600)")
+    add("--shard-samples", type=int, default=1000, help="samples per shard at most (default 1000)")
+    add("--shard-mb", type=float, default=512.0, help="shard size in MB at most (default 512)")
+    add(
+        "--keep-duplicate-media",
+        action="store_true",
+        help="keep exact-duplicate images/audio (default: drop)",
+    )
+    add("--dedup-text", action="store_true", help="drop near-duplicate documents (MinHash; default off)")
+    add(
+        "--dedup-threshold", type=float, default=0.8, help="Jaccard similarity that counts as duplicate (0.8)"
+    )
+    add(
+        "--max-skip-fraction",
+        type=float,
+        default=0.9,
+        help="stop when more than this fraction of records is bad (after 100; default 0.9)",
+    )
+    add("--limit", type=int, help="convert only the first N input records")
+    add("--layout", help="interleaved: mmc4 or obelics (default: detected from the fields)")
+    add("--min-sim", type=float, help="mmc4: drop images whose matched_sim is below this")
+    add("--split", action="append", default=[], help="karpathy: keep this split (repeatable; default all)")
+    add("--text-field", default="text", help="jsonl/parquet text column (default text)")
+    add("--voice", default="en", help="tts-interleaved: espeak-ng voice (default en)")
+    add("--tts-rate", type=int, default=160, help="tts-interleaved: words per minute (default 160)")
+    add(
+        "--tts-ratio", type=float, default=0.5, help="tts-interleaved: fraction of spans spoken (default 0.5)"
+    )
+    add("--tts-span-words", type=int, default=12, help="tts-interleaved: words per span, about (default 12)")
+    add(
+        "--tts-mode",
+        choices=("replace", "accompany"),
+        default="replace",
+        help="tts-interleaved: speech replaces the span's text, or is followed by it (default replace)",
+    )
+    add("--samples", type=int, default=600, help="demo: number of samples (default 600)")
+    add("--shards", type=int, default=4, help="demo: number of shards (default 4)")
+    add("--seed", type=int, default=0, help="random seed (demo data, tts span choice; default 0)")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"--out {out} is not empty; pass --overwrite to replace the shards and index.json of an "
+            "earlier build there (other files are kept), or choose another directory"
+        )
+
+
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    if not args.input:
+        raise UserError(f"--format {args.format} needs --input (a file, directory or glob)")
+    positive = {
+        "--workers": args.workers + 1,
+        "--max-image-side": args.max_image_side,
+        "--shard-samples": args.shard_samples,
+        "--shard-mb": args.shard_mb,
+        "--max-audio-seconds": args.max_audio_seconds,
+        "--tts-rate": args.tts_rate,
+        "--tts-span-words": args.tts_span_words,
+    }
+    for flag, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{flag} must be positive")
+    for flag, value in {
+        "--dedup-threshold": args.dedup_threshold,
+        "--tts-ratio": args.tts_ratio,
+        "--max-skip-fraction": args.max_skip_fraction,
+    }.items():
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"{flag} must be between 0 and 1, got {value}")
+    return BuildOptions(
+        input=Path(args.input),
+        out=Path(args.out),
+        images_dir=Path(args.images_dir) if args.images_dir else None,
+        audio_dir=Path(args.audio_dir) if args.audio_dir else None,
+        source=args.source,
+        workers=args.workers,
+        max_image_side=args.max_image_side,
+        max_audio_seconds=args.max_audio_seconds,
+        shard_samples=args.shard_samples,
+        shard_bytes=int(args.shard_mb * 1024 * 1024),
+        dedup_media=not args.keep_duplicate_media,
+        dedup_text=args.dedup_text,
+        dedup_threshold=args.dedup_threshold,
+        max_skip_fraction=args.max_skip_fraction,
+        limit=args.limit,
+        seed=args.seed,
+        layout=args.layout,
+        min_sim=args.min_sim,
+        splits=tuple(args.split),
+        text_field=args.text_field,
+        voice=args.voice,
+        tts_rate=args.tts_rate,
+        tts_ratio=args.tts_ratio,
+        tts_span_words=args.tts_span_words,
+        tts_mode=args.tts_mode,
+    )
+
+
+def _print_build_summary(index: dict[str, Any], out: Path) -> None:
+    build = index["build"]
+    reasons = ", ".join(f"{k} {v}" for k, v in build["errors_by_reason"].items()) or "none"
+    dups = build["duplicates_removed"]
+    print(
+        f"built {index['samples']} samples in {len(index['shards'])} shards in {out} from "
+        f"{build['records']} records ({build['seconds']:.1f} s, {build['records_per_s']:.0f} records/s)\n"
+        f"  {index['images']} images, {index['audio']} audio clips ({index['audio_seconds']:.1f} s), "
+        f"~{index['text_tokens_est']} text tokens, {index['bytes'] / 1e6:.1f} MB\n"
+        f"  skipped {build['skipped']} ({reasons})\n"
+        f"  duplicates removed: {dups['media_samples']} samples and {dups['media_items']} items with "
+        f"duplicate media, {dups['text_documents']} near-duplicate documents\n"
+        f"  index: {out / 'index.json'}"
+    )
+    for example in build["examples"][:5]:
+        print(f"  skipped: {example}")
 
 
 def data_build_command(args: argparse.Namespace) -> int:
-    """Handle `mmpt data build` (the arguments cli.build_parser defines); returns 0."""
+    """Handle `mmpt data build` (the arguments of :func:`add_build_arguments`); returns 0."""
+    out = Path(args.out)
     if args.format != "demo":
-        raise NotImplementedYetError(
-            f"`mmpt data build --format {args.format}`: format {args.format!r} is not implemented yet "
-            "(planned in issue 'Multimodal shards 2/2'); --format demo works"
-        )
+        from mmpretrain.data.build.formats import get_format
+        from mmpretrain.data.build.runner import build_dataset
+
+        get_format(args.format)  # unknown formats fail before anything is touched
+        options = _build_options(args)
+        _check_out(out, args.overwrite)
+        _print_build_summary(build_dataset(args.format, options, progress=sys.stderr.isatty()), out)
+        return 0
     if args.input or args.images_dir:
         raise UserError("--format demo draws its own data; drop --input and --images-dir")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(
-            f"--out {out} is not empty; pass --overwrite to replace the shards, index.json and "
-            "heldout/ of an earlier build there (other files are kept), or choose another directory"
-        )
+    _check_out(out, args.overwrite)
     from mmpretrain.data.demo_data import build_demo_dataset
 
     started = time.perf_counter()

@@ -29,7 +29,6 @@ SUBCOMMANDS = [
 ]
 
 NOT_IMPLEMENTED = [
-    ["data", "build", "--format", "captions", "--out", "x"],
     ["eval", "runs/x", "--task", "t"],
     ["export", "runs/x", "--to", "hf", "--out", "y"],
     ["tokenizer", "train", "--kind", "vq", "--input", "x.txt", "--out", "tok"],
