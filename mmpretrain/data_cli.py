@@ -139,6 +139,11 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
     )
 
 
+def _dropped(build: dict[str, Any]) -> str:
+    dropped = build.get("media_dropped_from_kept_documents", {})
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in dropped.items() if v) or "none"
+
+
 def _print_build_summary(index: dict[str, Any], out: Path) -> None:
     build = index["build"]
     reasons = ", ".join(f"{k} {v}" for k, v in build["errors_by_reason"].items()) or "none"
@@ -151,6 +156,7 @@ def _print_build_summary(index: dict[str, Any], out: Path) -> None:
         f"  skipped {build['skipped']} ({reasons})\n"
         f"  duplicates removed: {dups['media_samples']} samples and {dups['media_items']} items with "
         f"duplicate media, {dups['text_documents']} near-duplicate documents\n"
+        f"  media left out of kept documents: {_dropped(build)}\n"
         f"  index: {out / 'index.json'}"
     )
     for example in build["examples"][:5]:

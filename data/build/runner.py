@@ -32,6 +32,10 @@ from .text_dedup import NearDuplicateFilter
 
 INDEX_FORMAT_VERSION = 1
 
+DROPPED_MEDIA_KEYS = ("missing_images", "low_sim_images")
+"""Sample ``meta`` counters of media a parser left out of a kept document (an interleaved
+document keeps its text when some of its images are missing); the index sums them."""
+
 
 def _work(item: SourceRecord | RecordSkip, options: BuildOptions) -> Materialized | RecordSkip:
     return item if isinstance(item, RecordSkip) else materialize(item, options)
@@ -143,6 +147,7 @@ def build_dataset(fmt: str, options: BuildOptions, progress: bool = True) -> dic
     )
     dedup = _Dedup(options)
     keys: set[str] = set()
+    dropped: Counter[str] = Counter()  # media a parser left out of kept documents, by reason
     totals: list[_ShardTotals] = []
     records = 0
     bar = _progress(options.limit, progress)
@@ -168,6 +173,8 @@ def build_dataset(fmt: str, options: BuildOptions, progress: bool = True) -> dic
                 continue
             keys.add(outcome.key)
             skips.ok()
+            for reason in DROPPED_MEDIA_KEYS:
+                dropped[reason] += int(outcome.meta.get(reason, 0))
             shard = len(writer.shards)  # index of the shard the sample went into
             while len(totals) <= shard:
                 totals.append(_ShardTotals())
@@ -180,6 +187,7 @@ def build_dataset(fmt: str, options: BuildOptions, progress: bool = True) -> dic
     bar.close()
     seconds = time.perf_counter() - started
     index = _index(fmt, options, writer, totals, skips, dedup, records, seconds)
+    index["build"]["media_dropped_from_kept_documents"] = {k: dropped[k] for k in DROPPED_MEDIA_KEYS}
     (options.out / "index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index
 

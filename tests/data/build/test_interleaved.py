@@ -280,6 +280,7 @@ def test_missing_images_are_dropped_and_counted(tmp_path: Path, fixtures_dir: Pa
     _assert_pixels(garden, [images[MMC4_IMAGES[1]]])
     assert _layout(bike) == [" ".join(BIKE)]  # every image missing: the text is kept
     assert [garden.meta["missing_images"], bike.meta["missing_images"]] == [1, 1]
+    assert index["build"]["media_dropped_from_kept_documents"] == {"missing_images": 2, "low_sim_images": 0}
     assert index["build"]["errors_by_reason"] == {"missing_image": 1}
     assert index["build"]["examples"][0].startswith(
         f"{docs}:3: none of the document's 1 image file(s) exists"
