@@ -60,10 +60,12 @@ Part = list[int] | MediaItem
 
 @dataclass(frozen=True)
 class MediaDocument:
-    """A tokenized document: text token runs and media items, in order."""
+    """A tokenized document: text token runs and media items, in order; ``source`` is the
+    name of the mix source it was drawn from ("" when the data is not mixed)."""
 
     key: str
     parts: list[Part]
+    source: str = ""
 
     @property
     def length(self) -> int:
@@ -131,6 +133,7 @@ def layout_batch(
     doc_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
     media: dict[str, list[tuple[MediaItem, tuple[int, int, int], str]]] = {}
     keys: list[list[str]] = []
+    sources: list[list[str]] = []  # kept only when some document has a mix source
     for row, pack in enumerate(packs):
         offset = 0
         for doc_id, document in enumerate(pack):
@@ -166,6 +169,7 @@ def layout_batch(
             position_ids[row, start:offset] = torch.arange(offset - start)
             doc_ids[row, start:offset] = doc_id
         keys.append([d.key for d in pack])
+        sources.append([d.source for d in pack])
     batches = {}
     for modality, entries in media.items():
         assert ids is not None
@@ -178,4 +182,6 @@ def layout_batch(
             [key for _, _, key in entries],
             sizes,
         )
-    return PackedBatch(input_ids, labels, position_ids, doc_ids, media=batches, keys=keys)
+    if not any(name for row in sources for name in row):
+        sources = []
+    return PackedBatch(input_ids, labels, position_ids, doc_ids, media=batches, keys=keys, sources=sources)

@@ -1,6 +1,7 @@
 """Shards in, packed multimodal batches out, with an exact, resumable position.
 
-:class:`ShardReader` yields decoded samples with the reader state after each one; each
+:class:`ShardReader` (or a :class:`MixedReader` over several weighted datasets) yields
+decoded samples with the reader state after each one; each
 sample becomes a :class:`MediaDocument` (text tokenized, every media item preprocessed
 by its modality's :class:`MediaProcessor`, which also says how many LLM positions it
 takes); :class:`MediaPacker` packs rounds of documents. The stream state is the reader
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeAlias
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmpretrain.config import ConfigModel
 from mmpretrain.data.decoders import DecodedSample, DecodedSegment
@@ -30,12 +31,17 @@ from mmpretrain.data.layout import (
     Part,
     layout_batch,
 )
-from mmpretrain.data.media_packing import MediaPacker, PackBudget
+from mmpretrain.data.media_packing import MediaPacker, PackBudget, split_media_document
+from mmpretrain.data.mixing import MixedReader, MixSourceConfig, MixState, check_mix
 from mmpretrain.data.packing import PackerState
 from mmpretrain.data.reader import ReaderConfig, ReaderState, ShardReader
 from mmpretrain.data.skips import SkipCounter
 from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.data.types import PackedBatch
+from mmpretrain.errors import DataFormatError
+
+AnyReaderState: TypeAlias = ReaderState | MixState
+"""The state of a :class:`ShardReader` or of a :class:`MixedReader`."""
 
 
 class MediaProcessor(Protocol):
@@ -101,8 +107,13 @@ class StandInAudioProcessor:
 class MediaDataConfig(ConfigModel):
     """Interleaved image-text-speech training data from shards."""
 
-    reader: ReaderConfig
-    """Shards and how to read them (shuffle, workers, limits, error budget)."""
+    reader: ReaderConfig | None = None
+    """Shards and how to read them (shuffle, workers, limits, error budget); or use `mix`."""
+    mix: list[MixSourceConfig] = Field(default_factory=list)
+    """Several datasets mixed by weight (instead of `reader`): each document's source is
+    drawn with probability proportional to weight ** (1 / temperature)."""
+    temperature: float = Field(1.0, gt=0)
+    """Mixing temperature: 1 = the weights as given, larger flattens towards uniform."""
     buffer_docs: int = Field(512, gt=0)
     """Documents packed together per round."""
     max_images_per_pack: int | None = Field(8, gt=0)
@@ -112,26 +123,57 @@ class MediaDataConfig(ConfigModel):
     loss_on_text_before_first_media: bool = True
     """False: no loss on a document's text before its first media item (e.g. a prompt)."""
 
+    @model_validator(mode="after")
+    def _one_reader(self) -> MediaDataConfig:
+        if (self.reader is None) == (not self.mix):
+            raise ValueError("set exactly one of reader (one dataset) and mix (several weighted datasets)")
+        check_mix(self.mix, self.temperature)
+        return self
+
 
 @dataclass(frozen=True)
 class MediaStreamState:
-    """Reader state at the start of the current packing round, that round's absolute
-    document index, and the packs already emitted from it."""
+    """Reader state (one dataset's or a mix's) at the start of the current packing round,
+    that round's absolute document index, and the packs already emitted from it."""
 
-    reader: ReaderState | None = None
+    reader: AnyReaderState | None = None
     round_start: int = 0
     emitted: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for checkpoints."""
+        """JSON-ready form for checkpoints (``reader_kind`` says which reader state it holds)."""
         reader = self.reader.as_dict() if self.reader is not None else None
-        return {"reader": reader, "round_start": self.round_start, "emitted": self.emitted}
+        kind = "mix" if isinstance(self.reader, MixState) else "shards"
+        return {
+            "reader_kind": kind,
+            "reader": reader,
+            "round_start": self.round_start,
+            "emitted": self.emitted,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MediaStreamState:
         """Inverse of :meth:`as_dict`."""
-        reader = ReaderState.from_dict(data["reader"]) if data.get("reader") is not None else None
+        saved = data.get("reader")
+        reader: AnyReaderState | None = None
+        if saved is not None:
+            mixed = data.get("reader_kind", "shards") == "mix"
+            reader = MixState.from_dict(saved) if mixed else ReaderState.from_dict(saved)
         return cls(reader, int(data["round_start"]), int(data["emitted"]))
+
+
+@dataclass
+class SourcedMediaPacker(MediaPacker):
+    """A :class:`MediaPacker` whose split pieces keep their document's mix ``source``."""
+
+    def pack_round(self, buffer: list[MediaDocument]) -> list[list[MediaDocument]]:
+        """Split documents (pieces inherit the source), then pack as MediaPacker does."""
+        pieces = [
+            piece if piece is document else replace(piece, source=document.source)
+            for document in buffer
+            for piece in split_media_document(document, self.seq_len, self.budget)
+        ]
+        return super().pack_round(pieces)  # pieces fit: its own split leaves them as they are
 
 
 def to_media_document(
@@ -178,9 +220,15 @@ class MediaBatchStream:
         self.processors = processors
         self.seq_len = seq_len
         self.batch_size = batch_size
-        self.reader = ShardReader(cfg.reader, rank=rank, world_size=world_size, seed=seed)
+        self.reader: ShardReader | MixedReader
+        if cfg.reader is not None:
+            self.reader = ShardReader(cfg.reader, rank=rank, world_size=world_size, seed=seed)
+        else:
+            self.reader = MixedReader(cfg.mix, cfg.temperature, rank=rank, world_size=world_size, seed=seed)
         budget = PackBudget(cfg.max_images_per_pack, cfg.max_audio_seconds_per_pack)
-        self.packer = MediaPacker(seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed)
+        self.packer = SourcedMediaPacker(
+            seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed
+        )
         self.loss_mask = LossMask(cfg.loss_on_text_before_first_media)
         self.ids = MediaTokenIds.from_tokenizer(tokenizer)
         # Documents whose media the model has no encoder for are skipped by design (a speech
@@ -201,13 +249,31 @@ class MediaBatchStream:
                 return f"an audio item of {part.seconds:.1f} s exceeds max_audio_seconds_per_pack {limit}"
         return None
 
+    def _reader_samples(self, state: AnyReaderState | None) -> Iterator[tuple[DecodedSample, AnyReaderState]]:
+        """The reader's samples from ``state`` (refusing a state of the other reader kind)."""
+        if isinstance(self.reader, MixedReader):
+            if state is not None and not isinstance(state, MixState):
+                raise DataFormatError(
+                    "the saved data state is of a single dataset (data.shards.reader) but the config "
+                    "mixes datasets (data.shards.mix): resume with the config the run started with"
+                )
+            return self.reader.samples(state)
+        if state is not None and not isinstance(state, ReaderState):
+            raise DataFormatError(
+                "the saved data state is of a mix (data.shards.mix) but the config reads one dataset "
+                "(data.shards.reader): resume with the config the run started with"
+            )
+        return self.reader.samples(state)
+
     def _documents(
-        self, state: ReaderState | None, marks: dict[int, ReaderState], first: int
+        self, state: AnyReaderState | None, marks: dict[int, AnyReaderState], first: int
     ) -> Iterator[MediaDocument]:
-        """Documents from ``state`` on; ``marks[n]`` = reader state before document n."""
+        """Documents from ``state`` on; ``marks[n]`` = reader state before document n. With
+        a mix, each document's ``source`` is its mix source name."""
+        mixed = isinstance(self.reader, MixedReader)
         number = first
         marks[number] = state or self.reader.initial_state()
-        for sample, after in self.reader.samples(state):
+        for sample, after in self._reader_samples(state):
             try:
                 document = to_media_document(sample, self.tokenizer, self.processors)
             except KeyError as missing:
@@ -222,14 +288,14 @@ class MediaBatchStream:
             self.unpackable.ok()
             number += 1
             marks[number] = after
-            yield document
+            yield replace(document, source=sample.source) if mixed else document
 
     def batches(
         self, state: MediaStreamState | None = None
     ) -> Iterator[tuple[PackedBatch, MediaStreamState]]:
         """Yield ``(batch, state_after_batch)`` forever, starting at ``state``."""
         state = state or MediaStreamState()
-        marks: dict[int, ReaderState] = {}
+        marks: dict[int, AnyReaderState] = {}
         documents = self._documents(state.reader, marks, state.round_start)
         rows = []
         for pack, after in self.packer.pack(documents, PackerState(state.round_start, state.emitted)):

@@ -159,6 +159,8 @@ class PackedBatch:
     - ``doc_ids``: 0, 1, 2, ... per row in order of appearance, ``-1`` for trailing padding.
     - ``media``: modality -> :class:`MediaBatch`.
     - ``keys[row][doc_id]``: the sample key of each document (empty list = unknown).
+    - ``sources[row][doc_id]``: the mix source name of each document (empty list = the
+      data is not mixed).
     """
 
     input_ids: torch.Tensor
@@ -167,6 +169,7 @@ class PackedBatch:
     doc_ids: torch.Tensor
     media: dict[str, MediaBatch] = field(default_factory=dict)
     keys: list[list[str]] = field(default_factory=list)
+    sources: list[list[str]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ helpers
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
@@ -178,6 +181,7 @@ class PackedBatch:
             doc_ids=self.doc_ids.to(device, non_blocking=non_blocking),
             media={name: mb.to(device, non_blocking) for name, mb in self.media.items()},
             keys=[list(row) for row in self.keys],
+            sources=[list(row) for row in self.sources],
         )
 
     def num_label_tokens(self) -> int:

@@ -22,16 +22,19 @@ StreamState: TypeAlias = TextStreamState | MediaStreamState
 
 
 def _shard_texts(cfg: DataConfig) -> Iterator[str]:
-    """Text segments of one in-order pass over the shards (tokenizer training)."""
+    """Text segments of one in-order pass over the shards, of every mix source in turn
+    (tokenizer training)."""
     from mmpretrain.data.error_budget import SkipEvent
     from mmpretrain.data.reader import expand_shards
     from mmpretrain.data.shard_stream import shard_outcomes
 
     assert cfg.shards is not None
-    for shard in expand_shards(cfg.shards.reader.shards):
-        for _, outcome in shard_outcomes(shard):
-            if not isinstance(outcome, SkipEvent):
-                yield from (s.text for s in outcome.segments if s.kind == "text" and s.text)
+    readers = [cfg.shards.reader] if cfg.shards.reader is not None else [s.reader for s in cfg.shards.mix]
+    for reader in readers:
+        for shard in expand_shards(reader.shards):
+            for _, outcome in shard_outcomes(shard):
+                if not isinstance(outcome, SkipEvent):
+                    yield from (s.text for s in outcome.segments if s.kind == "text" and s.text)
 
 
 def tokenizer_for_run(cfg: DataConfig, run_dir: Path, log: Callable[[str], None] = print) -> TextTokenizer:

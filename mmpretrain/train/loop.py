@@ -6,7 +6,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mmpretrain.data.tokenizer import TextTokenizer
+from mmpretrain.data.types import PackedBatch
 from mmpretrain.errors import ConfigError, NotImplementedYetError, UserError
 from mmpretrain.model.build import build_model, media_processors, parameter_table
 from mmpretrain.model.multimodal import MultimodalLM
@@ -39,6 +40,37 @@ class TrainResult:
     checkpoint: Path | None
     stopped_by: str | None  # None (finished or stop_after_steps) or the signal's name
     tokens_per_s: float
+
+
+@dataclass
+class SourceCounters:
+    """Cumulative documents and token positions per mix source (empty without mixing)."""
+
+    docs: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, names: list[str], saved: dict[str, dict[str, int]] | None) -> SourceCounters:
+        """Zero counters for the configured sources, plus those a checkpoint saved."""
+        saved = saved or {}
+        zeros = dict.fromkeys(names, 0)
+        return cls({**zeros, **saved.get("docs", {})}, {**zeros, **saved.get("tokens", {})})
+
+    def add(self, batch: PackedBatch) -> None:
+        """Count the documents (pieces of split ones each count) and positions of ``batch``."""
+        for row, names in enumerate(batch.sources):
+            doc_ids = batch.doc_ids[row]
+            lengths = torch.bincount(doc_ids[doc_ids >= 0], minlength=len(names)).tolist()
+            for name, length in zip(names, lengths, strict=True):
+                self.docs[name] = self.docs.get(name, 0) + 1
+                self.tokens[name] = self.tokens.get(name, 0) + length
+
+    def metrics(self) -> dict[str, int]:
+        """``docs/<name>`` and ``tokens/<name>`` for metrics.jsonl."""
+        return {
+            **{f"docs/{name}": count for name, count in sorted(self.docs.items())},
+            **{f"tokens/{name}": count for name, count in sorted(self.tokens.items())},
+        }
 
 
 def seed_everything(seed: int) -> None:
@@ -87,8 +119,7 @@ def train(
     _check_supported(cfg)
     assert cfg.data is not None
     prepare_run_dir(run_dir, resume, overwrite)
-    if resume:
-        check_resume_config(run_dir, cfg)
+    stage_keys = check_resume_config(run_dir, cfg) if resume else []
     record_run(run_dir, cfg, argv)
     seed_everything(cfg.train.seed)
     tokenizer = tokenizer_for_run(cfg.data, run_dir)
@@ -97,7 +128,7 @@ def train(
     optimizer = build_optimizer(model, cfg.optim)
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    step, tokens, nan_skips, saved_data = 0, 0, 0, None
+    step, tokens, nan_skips, saved_data, saved_sources = 0, 0, 0, None, None
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, model, optimizer)
@@ -107,8 +138,11 @@ def train(
             saved["nan_skips"],
             saved["data"],
         )
+        saved_sources = saved.get("sources")
         truncate_metrics(run_dir, step)
     start_step = step
+    mix = cfg.data.shards.mix if cfg.data.shards is not None else []
+    sources = SourceCounters.start([source.name for source in mix], saved_sources)
     batches = batch_stream(
         cfg.data,
         tokenizer,
@@ -134,6 +168,7 @@ def train(
             "tokens": tokens,
             "nan_skips": nan_skips,
             "data": data_state.as_dict(),
+            "sources": {"docs": sources.docs, "tokens": sources.tokens},
             "config_hash": config_hash(cfg),
         }
         return save_checkpoint(run_dir, step, model, optimizer, state, cfg.train.keep_last)
@@ -146,6 +181,8 @@ def train(
         log.message(parameter_table(model))
         if checkpoint is not None:
             log.message(f"resumed from {checkpoint} (step {start_step})")
+        if stage_keys:
+            log.message(f"new mixing weights from step {start_step} on ({', '.join(stage_keys)} changed)")
         while step < end_step and not stop.requested:
             lr = lr_at(step, cfg.optim, cfg.train.max_steps)
             for group in optimizer.param_groups:
@@ -182,6 +219,8 @@ def train(
             data_state = micro_batches[-1][1]
             step_tokens = sum(int((b.doc_ids >= 0).sum()) for b, _ in micro_batches)
             tokens += step_tokens
+            for batch, _ in micro_batches:
+                sources.add(batch)
             window_tokens += step_tokens
             run_tokens += step_tokens
             if step % cfg.train.log_every == 0 or step == end_step:
@@ -197,6 +236,7 @@ def train(
                         "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                         "packing_efficiency": step_tokens / slots,
                         "nan_skips": nan_skips,
+                        **sources.metrics(),
                     }
                 )
                 window_start, window_tokens = time.perf_counter(), 0

@@ -1,5 +1,6 @@
 """The run directory: refuse to clobber, record config, versions and git revision, and
-refuse to resume with a changed config."""
+refuse to resume with a changed config (except run-control keys and, at a stage boundary,
+the data mixing weights)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,9 @@ from mmpretrain.run_config import RunConfig
 RUN_CONTROL_KEYS = frozenset(
     {"train.stop_after_steps", "train.log_every", "train.save_every", "train.keep_last"}
 )
+# Keys that may change at a resume (a stage boundary): the mixing weights apply from the
+# resumed position on. Matched against dotted keys (list items flatten to their index).
+STAGE_KEY_PATTERNS = (re.compile(r"data\.shards\.mix\.\d+\.weight"), re.compile(r"data\.shards\.temperature"))
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "pydantic", "numpy", "mmpretrain-lm")
 
 
@@ -42,12 +47,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of nested mappings; a list of mappings flattens by index
+    (``data.shards.mix.0.weight``), other lists stay values."""
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        data = {str(i): item for i, item in enumerate(data)}
     if isinstance(data, dict):
         flat: dict[str, Any] = {}
         for key, value in data.items():
             flat.update(_flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix.rstrip("."): data}
+
+
+def is_stage_key(key: str) -> bool:
+    """Whether ``key`` may change when a run is resumed at a stage boundary (mixing weights)."""
+    return any(pattern.fullmatch(key) for pattern in STAGE_KEY_PATTERNS)
 
 
 def config_hash(config: RunConfig) -> str:
@@ -58,7 +72,7 @@ def config_hash(config: RunConfig) -> str:
 
 
 def changed_keys(saved: RunConfig, current: RunConfig) -> list[str]:
-    """Keys (dotted) whose values differ, run-control keys excluded."""
+    """Keys (dotted) whose values differ, run-control keys excluded (stage keys included)."""
     old = _flatten(saved.model_dump(mode="json"))
     new = _flatten(current.model_dump(mode="json"))
     return sorted(
@@ -66,19 +80,24 @@ def changed_keys(saved: RunConfig, current: RunConfig) -> list[str]:
     )
 
 
-def check_resume_config(run_dir: Path, config: RunConfig) -> None:
-    """Exit-2 error naming the keys if ``config`` differs from the run's saved one."""
+def check_resume_config(run_dir: Path, config: RunConfig) -> list[str]:
+    """Exit-2 error naming the keys if ``config`` differs from the run's saved one in
+    anything but run-control and stage keys; returns the changed stage keys (new mixing
+    weights, which apply from the resumed position on)."""
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
-        return
+        return []
     saved = RunConfig.model_validate(yaml.safe_load(saved_file.read_text(encoding="utf-8")))
-    keys = changed_keys(saved, config)
+    changed = changed_keys(saved, config)
+    keys = [k for k in changed if not is_stage_key(k)]
     if keys:
         shown = ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
         raise ConfigError(
             f"cannot resume {run_dir}: the config differs from the saved one in {shown}; "
-            "only run-control keys (" + ", ".join(sorted(RUN_CONTROL_KEYS)) + ") may change"
+            "only run-control keys (" + ", ".join(sorted(RUN_CONTROL_KEYS)) + ") and the mixing "
+            "weights (data.shards.mix.N.weight, data.shards.temperature) may change"
         )
+    return [k for k in changed if is_stage_key(k)]
 
 
 def git_revision() -> str | None:
