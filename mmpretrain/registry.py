@@ -29,6 +29,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mmpretrain.data.tokenizer",
     "mmpretrain.connectors",
     "mmpretrain.encoders",
+    "mmpretrain.kernels",
 )
 
 BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mmpretrain.data.decoders import DecodedSegment
+from mmpretrain.kernels.apply import apply_kernels
 from mmpretrain.model.config import ModelConfig
 from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.registry import CONNECTORS, ENCODERS, LLMS
@@ -23,8 +24,9 @@ def _trainable_flag(cfg: ModelConfig, part: str) -> bool:
 
 
 def build_model(cfg: ModelConfig) -> MultimodalLM:
-    """Build the LLM, encoders and connectors, apply `trainable` and activation
-    checkpointing. Random init unless a part names `pretrained` weights."""
+    """Build the LLM, encoders and connectors, apply `trainable`, the kernel rules
+    (`kernel_rows(model)` gives their table) and activation checkpointing. Random init
+    unless a part names `pretrained` weights."""
     llm: Any = LLMS.build(cfg.llm)
     encoders = {name: ENCODERS.build(encoder_cfg) for name, encoder_cfg in sorted(cfg.encoders.items())}
     hidden = llm.get_input_embeddings().embedding_dim
@@ -40,6 +42,8 @@ def build_model(cfg: ModelConfig) -> MultimodalLM:
     for part, module in parts:
         if not _trainable_flag(cfg, part):
             module.requires_grad_(False)
+    if cfg.kernels:  # after freezing (the kinds reuse the Parameters), before checkpointing
+        apply_kernels(model, cfg.kernels)
     if cfg.activation_checkpointing:
         _checkpoint_transformers_model(llm)
         for encoder in model.encoders.values():

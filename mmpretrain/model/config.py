@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from mmpretrain.config import ComponentConfig, ConfigModel, FromRegistry
+from mmpretrain.kernels.rules import KernelRule
 
 
 class ModelConfig(ConfigModel):
@@ -28,6 +29,10 @@ class ModelConfig(ConfigModel):
     Frozen parts get no optimizer state and run under no_grad."""
     activation_checkpointing: bool = False
     """Recompute LLM (and trainable encoder) activations in the backward pass to save memory."""
+    kernels: list[KernelRule] = Field(default_factory=list)
+    """Sparse / low-precision Linear kinds by module-name rules, first match wins:
+    `[{match: "llm.*.mlp.*", kind: sparse24, ...}]` (`mmpt list kernels`; README "Kernels").
+    lm_head and embeddings stay dense by default."""
 
     @model_validator(mode="after")
     def _check_parts(self) -> ModelConfig:
