@@ -75,6 +75,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    if args.kind == "speech_units":
+        from mmpretrain.media_tokenizer_cli import train_speech_units_command
+
+        return train_speech_units_command(args.input, args.config, args.out, args.overwrite, args.vocab_size)
     if args.kind != "bpe":
         raise NotImplementedYetError(
             f"`mmpt tokenizer train --kind {args.kind}` is not implemented yet "
@@ -264,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "  mmpt tokenizer train --input corpus.txt --vocab-size 4096 --out tok/\n"
             "  mmpt tokenizer train --input shakespeare --vocab-size 1024 --out tok-shakespeare/\n"
-            "  mmpt tokenizer train --kind vq --input 'runs/demo-data/*.tar' --out vq/"
+            "  mmpt tokenizer train --kind vq --input 'runs/demo-data/*.tar' --out vq/\n"
+            "  mmpt tokenizer train --kind speech_units --config tokenizers/speech_units_tiny "
+            "--input 'runs/demo-data/*.tar' --out units/"
         ),
         _cmd_tokenizer_train,
         p,

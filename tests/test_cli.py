@@ -32,7 +32,6 @@ NOT_IMPLEMENTED = [
     ["eval", "runs/x", "--task", "t"],
     ["export", "runs/x", "--to", "hf", "--out", "y"],
     ["tokenizer", "train", "--kind", "vq", "--input", "x.txt", "--out", "tok"],
-    ["tokenizer", "train", "--kind", "speech_units", "--input", "x.txt", "--out", "tok"],
     ["tokenizer", "decode", "tok", "--ids", "ids.json", "--out", "x.png"],
     ["plot", "runs/x"],
     ["train", "tiny", "--nproc", "2"],

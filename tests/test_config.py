@@ -20,11 +20,15 @@ from mmpretrain.config import (
     validate_config,
 )
 from mmpretrain.data.data_config import DataConfig
+from mmpretrain.encoders.speech_units import SpeechUnitsConfig
 from mmpretrain.errors import ConfigError
 from mmpretrain.run_config import RunConfig
 
 # Update when a config is added or removed under configs/ (the count is the point).
-EXPECTED_SHIPPED_CONFIGS = 15
+EXPECTED_SHIPPED_CONFIGS = 16
+
+# Schema of the shipped media tokenizer configs (configs/tokenizers/KIND_*.yaml), by kind.
+TOKENIZER_SCHEMAS: dict[str, type] = {"speech_units": SpeechUnitsConfig}
 
 MINIMAL = {"model": {"llm": {"name": "llama", "hidden_size": 32, "num_heads": 4}}}
 
@@ -49,6 +53,11 @@ def test_every_shipped_yaml_validates() -> None:
             data = load_yaml_with_bases(resolve_config_path(name))
             assert set(data) == {"data"}, name
             assert isinstance(validate_config(DataConfig, data["data"], name), DataConfig)
+            continue
+        if name.startswith("tokenizers/"):  # `mmpt tokenizer train --config`, schema by kind
+            kind = next(k for k in TOKENIZER_SCHEMAS if name.removeprefix("tokenizers/").startswith(k + "_"))
+            data = load_yaml_with_bases(resolve_config_path(name))
+            assert isinstance(validate_config(TOKENIZER_SCHEMAS[kind], data, name), TOKENIZER_SCHEMAS[kind])
             continue
         config = load_config(name)
         assert isinstance(config, RunConfig)
