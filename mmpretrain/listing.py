@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmpretrain.config import shipped_config_names, shipped_configs_dir
-from mmpretrain.registry import REGISTRIES, ensure_loaded, plugin_failures
+from mmpretrain.registry import REGISTRIES, RegistryEntry, ensure_loaded, plugin_failures
 
 
 def _config_summary(name: str) -> str:
@@ -14,6 +14,12 @@ def _config_summary(name: str) -> str:
         if line.strip():
             break
     return ""
+
+
+def _entry_summary(kind: str, entry: RegistryEntry) -> str:
+    """The entry's summary; kernel kinds lead with their backends (`emulate, cuda`)."""
+    backends = getattr(entry.builder, "backends", None) if kind == "kernels" else None
+    return f"[{', '.join(backends)}] {entry.summary}" if backends else entry.summary
 
 
 def _section(title: str, rows: list[tuple[str, str]]) -> list[str]:
@@ -30,7 +36,7 @@ def format_listing(kind: str | None = None) -> str:
     lines: list[str] = []
     for registry in REGISTRIES.values():
         if kind in (None, registry.kind):
-            rows = [(e.name, e.summary) for e in registry.entries()]
+            rows = [(e.name, _entry_summary(registry.kind, e)) for e in registry.entries()]
             lines += _section(f"{registry.kind}: {registry.description}", rows)
     if kind in (None, "configs"):
         rows = [(n, _config_summary(n)) for n in shipped_config_names()]

@@ -158,7 +158,8 @@ def format_kernel_table(rows: Sequence[KernelRow]) -> str:
         groups.setdefault(key, []).append(indices[0] if indices else -1)
     lines = []
     for (pattern, kind, backend, shape), layer_ids in groups.items():
-        name = pattern.replace("{}", "{" + _ranges(layer_ids) + "}") if "{}" in pattern else pattern
+        spans = _ranges(layer_ids)
+        name = pattern.replace("{}", spans if spans.isdigit() else "{" + spans + "}")
         shape_text = f"{shape[0]}x{shape[1]}"
         label = f"{backend} (reference numerics)" if backend == "emulate" else backend
         lines.append((name, kind, label, shape_text, str(len(layer_ids))))

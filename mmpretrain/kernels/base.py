@@ -25,6 +25,9 @@ The contract every kind keeps (the rules in ``apply.py`` and the training loop r
   far (1 after the first step); schedules, mask recomputation and transitions happen here
   (under ``torch.no_grad``). It must be a function of the step and the module's own state
   only, so a resumed run repeats it exactly.
+- A kind may mirror a buffer in a Python attribute (a phase flag read in every forward
+  would otherwise sync the GPU): refresh it in ``state_loaded()``, which runs after every
+  ``load_state_dict``. ``assign_weight(full)`` overwrites the master weight in place.
 - ``effective_weight()`` is the weight the kind computes with (masked, quantized then
   dequantized, ternary times scale); ``materialize()`` returns a plain ``nn.Linear`` with
   it, for export.
@@ -90,6 +93,7 @@ class KernelLinear(nn.Module):
         self.weight = linear.weight  # the same Parameter objects: optimizer state and names stay
         self.bias = linear.bias
         self.backend: Backend = self.select_backend()
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.state_loaded())
 
     @classmethod
     def from_linear(cls: type[Any], linear: nn.Linear, cfg: KernelConfig, fqn: str = "") -> Any:
@@ -129,6 +133,21 @@ class KernelLinear(nn.Module):
             weight = weight.full_tensor()
         return weight.detach()
 
+    @torch.no_grad()
+    def assign_weight(self, value: torch.Tensor) -> None:
+        """Overwrite the master weight in place with the full tensor ``value`` (the same
+        Parameter object stays; a DTensor weight gets its shard of ``value``)."""
+        weight: Any = self.weight
+        if hasattr(weight, "full_tensor"):
+            from torch.distributed.tensor import distribute_tensor
+
+            value = distribute_tensor(value, weight.device_mesh, weight.placements)
+        weight.copy_(value)
+
+    def state_loaded(self) -> None:
+        """Called after ``load_state_dict`` filled the buffers: kinds that mirror buffer
+        values in Python attributes (to avoid a device sync per forward) refresh them here."""
+
     def effective_weight(self) -> torch.Tensor:
         """The weight this kind computes with (kinds override); the dense weight here."""
         return self.full_weight()
@@ -161,6 +180,17 @@ class KernelLinear(nn.Module):
         )
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        return quantized.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """``quantized`` in the forward pass, identity gradient to ``x`` in the backward pass."""
-    return x + (quantized - x).detach()
+    """Exactly ``quantized`` in the forward pass (``x + (q - x).detach()`` can be off by a
+    rounding), identity gradient to ``x`` in the backward pass."""
+    return _StraightThrough.apply(x, quantized.detach())
