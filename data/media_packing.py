@@ -10,7 +10,7 @@ never split, and documents longer than L are split only at text positions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mmpretrain.data.layout import MediaDocument, MediaItem, Part
 from mmpretrain.data.packing import PackLimit, RoundPacker, best_fit_pack
@@ -75,7 +75,7 @@ def split_media_document(
             room -= len(tokens[:room])
             tokens = tokens[len(pieces[-1][-1]) :]
     pieces = [p for p in pieces if p]
-    return [MediaDocument(f"{document.key}#{i}", parts) for i, parts in enumerate(pieces)]
+    return [replace(document, key=f"{document.key}#{i}", parts=parts) for i, parts in enumerate(pieces)]
 
 
 def pack_media_documents(

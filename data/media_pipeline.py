@@ -31,7 +31,7 @@ from mmpretrain.data.layout import (
     Part,
     layout_batch,
 )
-from mmpretrain.data.media_packing import MediaPacker, PackBudget, split_media_document
+from mmpretrain.data.media_packing import MediaPacker, PackBudget
 from mmpretrain.data.mixing import MixedReader, MixSourceConfig, MixState, check_mix
 from mmpretrain.data.packing import PackerState
 from mmpretrain.data.reader import ReaderConfig, ReaderState, ShardReader
@@ -162,20 +162,6 @@ class MediaStreamState:
         return cls(reader, int(data["round_start"]), int(data["emitted"]))
 
 
-@dataclass
-class SourcedMediaPacker(MediaPacker):
-    """A :class:`MediaPacker` whose split pieces keep their document's mix ``source``."""
-
-    def pack_round(self, buffer: list[MediaDocument]) -> list[list[MediaDocument]]:
-        """Split documents (pieces inherit the source), then pack as MediaPacker does."""
-        pieces = [
-            piece if piece is document else replace(piece, source=document.source)
-            for document in buffer
-            for piece in split_media_document(document, self.seq_len, self.budget)
-        ]
-        return super().pack_round(pieces)  # pieces fit: its own split leaves them as they are
-
-
 def to_media_document(
     sample: DecodedSample, tokenizer: TextTokenizer, processors: dict[str, MediaProcessor]
 ) -> MediaDocument:
@@ -226,9 +212,7 @@ class MediaBatchStream:
         else:
             self.reader = MixedReader(cfg.mix, cfg.temperature, rank=rank, world_size=world_size, seed=seed)
         budget = PackBudget(cfg.max_images_per_pack, cfg.max_audio_seconds_per_pack)
-        self.packer = SourcedMediaPacker(
-            seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed
-        )
+        self.packer = MediaPacker(seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed)
         self.loss_mask = LossMask(cfg.loss_on_text_before_first_media)
         self.ids = MediaTokenIds.from_tokenizer(tokenizer)
         # Documents whose media the model has no encoder for are skipped by design (a speech

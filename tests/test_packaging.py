@@ -18,6 +18,7 @@ MAPPED_PACKAGES = {
     "mmpretrain.encoders": "encoders",
     "mmpretrain.connectors": "connectors",
     "mmpretrain.data": "data",
+    "mmpretrain.data.build": "data/build",
     "mmpretrain.configs": "configs",
 }
 

@@ -298,4 +298,4 @@ def test_cli_builds_and_refuses_a_non_empty_out(tmp_path: Path, capsys: pytest.C
     assert sorted(p.name for p in (tmp_path / "d").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
     assert main(["data", "build", "--format", "demo", "--out", str(tmp_path / "e"), "--input", "x"]) == 2
     assert main(["data", "build", "--format", "captions", "--out", str(tmp_path / "f")]) == 2
-    assert "format 'captions' is not implemented yet" in capsys.readouterr().err
+    assert "--format captions needs --input" in capsys.readouterr().err

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from mmpretrain.config import validate_config
 from mmpretrain.data.data_config import DataConfig
 from mmpretrain.data.layout import MediaDocument, layout_batch
+from mmpretrain.data.media_packing import MediaPacker
 from mmpretrain.data.media_pipeline import (
     MediaBatchStream,
     MediaDataConfig,
     MediaStreamState,
-    SourcedMediaPacker,
 )
 from mmpretrain.data.mixing import MixedReader, MixSourceConfig, MixState, mix_probabilities
 from mmpretrain.data.reader import ReaderConfig, ReaderState
@@ -275,6 +275,6 @@ def test_layout_and_split_pieces_keep_the_source() -> None:
         [[MediaDocument("a", [[1, 2]], "captions"), MediaDocument("b", [[3]], "replay")]], seq_len=8, pad_id=0
     )
     assert mixed.sources == [["captions", "replay"]] and mixed.to("cpu").sources == mixed.sources
-    packer = SourcedMediaPacker(seq_len=8, buffer_docs=4)
+    packer = MediaPacker(seq_len=8, buffer_docs=4)
     packs = packer.pack_round([MediaDocument("long", [list(range(1, 20))], "replay")])
     assert len(packs) == 3 and all(d.source == "replay" for pack in packs for d in pack)
