@@ -136,7 +136,8 @@ def _encoder_with_architecture(config: HfHubertConfig | HfWhisperConfig, hf: dic
     ``hf``, ready for the saved weights; ``pretrained`` is not read."""
     saved = _SAVED_CLASSES[config.name](**{**config.model_dump(), "pretrained": None})
     saved._saved = hf
-    encoder: Encoder = ENCODERS.build(saved)
+    with torch.random.fork_rng(devices=[]):  # the init is overwritten: leave the caller's RNG alone
+        encoder: Encoder = ENCODERS.build(saved)
     return encoder
 
 
