@@ -1,0 +1,315 @@
+"""The low-precision kinds (fp8, int8, mxfp4, nvfp4): numerics, gradients, state, training."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from mmpretrain.config import load_config
+from mmpretrain.data.decoders import DecodedSegment
+from mmpretrain.data.layout import MediaDocument, MediaItem, MediaTokenIds, layout_batch
+from mmpretrain.data.packing import PackedDocument, build_text_batch
+from mmpretrain.errors import ConfigError
+from mmpretrain.kernels import apply_kernels, formats, kernel_modules, kernels_on_step
+from mmpretrain.kernels.fp4 import Mxfp4Config, Mxfp4Linear, Nvfp4Config, Nvfp4Linear
+from mmpretrain.kernels.fp8 import Fp8Config, Fp8Linear
+from mmpretrain.kernels.int8 import Int8Config, Int8Linear
+from mmpretrain.kernels.quantized import QuantizedLinear
+from mmpretrain.model.build import build_model, media_processors
+from mmpretrain.model.packed import token_loss_sum
+
+KINDS: dict[str, tuple[type[QuantizedLinear], Any]] = {
+    "fp8": (Fp8Linear, Fp8Config(name="fp8")),
+    "fp8_rowwise": (Fp8Linear, Fp8Config(name="fp8", scaling="rowwise")),
+    "int8": (Int8Linear, Int8Config(name="int8")),
+    "int8_sr": (Int8Linear, Int8Config(name="int8", stochastic_rounding=True)),
+    "mxfp4": (Mxfp4Linear, Mxfp4Config(name="mxfp4")),
+    "nvfp4": (Nvfp4Linear, Nvfp4Config(name="nvfp4")),
+}
+# Relative error of the layer output vs dense on Gaussian data: a few half-ulps of the format.
+FORWARD_TOLERANCE = {
+    "fp8": 0.06,
+    "fp8_rowwise": 0.06,
+    "int8": 0.02,
+    "int8_sr": 0.02,
+    "mxfp4": 0.3,
+    "nvfp4": 0.2,
+}
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+def build(kind: str, in_features: int = 96, out_features: int = 80, seed: int = 0) -> tuple[nn.Linear, Any]:
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features)
+    cls, cfg = KINDS[kind]
+    return linear, cls.from_linear(linear, cfg, f"llm.layers.0.{kind}")
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_forward_is_the_quantized_matmul_and_close_to_dense(kind: str) -> None:
+    linear, layer = build(kind)
+    assert layer.weight is linear.weight and layer.bias is linear.bias and layer.backend == "emulate"
+    x = torch.randn(3, 10, 96)
+    with torch.no_grad():
+        out, dense = layer(x), linear(x)
+        x_q = layer.quantize(x.reshape(-1, 96), "input", "fprop", None)
+        w_q = layer.quantize(linear.weight, "weight", "fprop", None)
+        expected = (x_q @ w_q.t()).reshape(3, 10, 80) + linear.bias
+    assert out.shape == dense.shape and out.dtype == dense.dtype
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert 0 < relative(out, dense) < FORWARD_TOLERANCE[kind]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_gradients_flow_and_approximate_dense(kind: str) -> None:
+    linear, layer = build(kind)
+    reference = copy.deepcopy(linear)
+    x = torch.randn(64, 96, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    target = torch.randn(64, 80)
+    ((layer(x) - target) ** 2).mean().backward()
+    ((reference(x_ref) - target) ** 2).mean().backward()
+    assert linear.weight.grad is not None and x.grad is not None and linear.bias.grad is not None
+    assert torch.isfinite(linear.weight.grad).all() and torch.isfinite(x.grad).all()
+    # Gradients are quantized too (twice the forward's error budget, 4-bit ones more).
+    assert relative(linear.weight.grad, reference.weight.grad) < 2 * FORWARD_TOLERANCE[kind]
+    assert relative(x.grad, x_ref.grad) < 2 * FORWARD_TOLERANCE[kind]
+    assert relative(linear.bias.grad, reference.bias.grad) < 2 * FORWARD_TOLERANCE[kind]
+
+
+def test_fp8_gradients_are_e5m2_products() -> None:
+    linear, layer = build("fp8")
+    x = torch.randn(32, 96, requires_grad=True)
+    grad_out = torch.randn(32, 80)
+    layer(x).backward(grad_out)
+    g = formats.fake_quantize_fp8(grad_out, "e5m2")
+    w = formats.fake_quantize_fp8(linear.weight.detach(), "e4m3")
+    x_q = formats.fake_quantize_fp8(x.detach(), "e4m3")
+    torch.testing.assert_close(x.grad, g @ w, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(linear.weight.grad, g.t() @ x_q, rtol=1e-6, atol=1e-6)
+    assert torch.equal(linear.bias.grad, grad_out.sum(0))  # the bias stays in full precision
+
+
+def test_fp8_rowwise_survives_an_outlier_row() -> None:
+    _, tensorwise = build("fp8")
+    _, rowwise = build("fp8_rowwise")
+    x = torch.randn(16, 96)
+    x[0] *= 1e6  # one outlier token flushes the others to zero under one tensor scale
+    with torch.no_grad():
+        dense = nn.functional.linear(x, tensorwise.weight, tensorwise.bias)
+        rows = slice(1, None)
+        assert relative(rowwise(x)[rows], dense[rows]) < 0.06
+        assert relative(tensorwise(x)[rows], dense[rows]) > 0.5
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8", "mxfp4", "nvfp4"])
+def test_weight_scales_follow_the_format(kind: str) -> None:
+    linear, layer = build(kind)
+    layer(torch.randn(4, 96))
+    w = linear.weight.detach()
+    if kind == "fp8":
+        assert torch.equal(layer.weight_scale, (w.abs().amax() / 448.0).reshape(1))
+    elif kind == "int8":
+        assert layer.weight_scale.shape == (3, 3)  # ceil(80/32) x ceil(96/32)
+        assert torch.allclose(layer.weight_scale[0, 0], w[:32, :32].abs().max() / 127)
+    elif kind == "mxfp4":
+        scale = layer.weight_scale
+        assert scale.shape == (80, 3) and torch.equal(torch.exp2(torch.log2(scale).round()), scale)
+        ratio = w.abs().reshape(80, 3, 32).amax(-1) / scale
+        assert ((ratio >= 4) & (ratio < 8)).all()  # amax / 2^(floor(log2 amax) - 2)
+    else:
+        assert layer.weight_block_scale.shape == (80, 6) and layer.weight_tensor_scale.shape == (1,)
+        assert torch.equal(formats.round_to_fp8(layer.weight_block_scale, "e4m3"), layer.weight_block_scale)
+        assert torch.allclose(layer.weight_tensor_scale, w.abs().max() / 2688)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_state_dict_restores_scales_and_rounding_state_exactly(kind: str) -> None:
+    _, layer = build(kind, seed=0)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+
+    def step(module: nn.Module) -> torch.Tensor:
+        module.zero_grad()
+        torch.manual_seed(1)
+        module(torch.randn(8, 96)).pow(2).mean().backward()
+        return module.weight.grad.clone()
+
+    for _ in range(3):
+        step(layer)
+        optimizer.step()
+    layer(torch.randn(2, 96))  # scales of the current weight
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    assert {"weight", "bias"} < set(state) and len(state) > 2
+    if "stochastic_rounding" in type(KINDS[kind][1]).model_fields:
+        assert "grad_rounding_calls" in state
+    expected_grad = step(layer)
+
+    _, fresh = build(kind, seed=123)  # other weights, fresh state
+    fresh.load_state_dict(state)
+    for name, value in state.items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    assert torch.equal(step(fresh), expected_grad)  # stochastic rounding resumes its stream
+
+
+def test_stochastic_rounding_draws_new_noise_every_backward_pass() -> None:
+    _, layer = build("nvfp4")
+    x, grad_out = torch.randn(8, 96), torch.randn(8, 80)
+    grads = []
+    for _ in range(2):
+        layer.zero_grad()
+        layer(x).backward(grad_out)
+        grads.append(layer.weight.grad.clone())
+    assert not torch.equal(grads[0], grads[1]) and int(layer.grad_rounding_calls) == 2
+    _, nearest = build("int8")
+    for _ in range(2):
+        nearest.zero_grad()
+        nearest(x).backward(grad_out)
+        grads.append(nearest.weight.grad.clone())
+    assert torch.equal(grads[2], grads[3])
+
+
+def test_fp4_without_quantized_backward_uses_full_precision_gradients() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32, bias=False)
+    layer = Mxfp4Linear.from_linear(linear, Mxfp4Config(name="mxfp4", quantize_backward=False), "m")
+    x = torch.randn(16, 64, requires_grad=True)
+    grad_out = torch.randn(16, 32)
+    layer(x).backward(grad_out)
+    w_q = formats.fake_quantize_mxfp4(linear.weight.detach())
+    x_q = formats.fake_quantize_mxfp4(x.detach())
+    torch.testing.assert_close(x.grad, grad_out @ w_q, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(linear.weight.grad, grad_out.t() @ x_q, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8", "mxfp4", "nvfp4"])
+def test_materialize_gives_the_dequantized_weight(kind: str) -> None:
+    linear, layer = build(kind)
+    plain = layer.materialize()
+    assert type(plain) is nn.Linear and plain.weight is not linear.weight
+    expected = layer.quantize(linear.weight.detach(), "weight", "fprop", None)
+    assert torch.equal(plain.weight, expected) and torch.equal(plain.bias, linear.bias)
+    assert not torch.equal(plain.weight, linear.weight)
+
+
+def test_autocast_output_takes_the_autocast_dtype_with_fp32_numerics() -> None:
+    _, layer = build("fp8")
+    x = torch.randn(4, 96)
+    with torch.no_grad():
+        full = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = layer(x)
+    assert low.dtype == torch.bfloat16
+    assert torch.equal(low, (full - layer.bias).to(torch.bfloat16) + layer.bias.to(torch.bfloat16))
+
+
+def test_cuda_backend_is_chosen_only_where_it_can_run() -> None:
+    linear, layer = build("fp8")
+    assert layer.backend == "emulate"
+    ok, reason = Fp8Linear.cuda_support(linear.weight)
+    assert not ok and reason
+    cfg = Fp8Config(name="fp8", backend="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="backend cuda cannot run here"):
+            Fp8Linear.from_linear(nn.Linear(32, 32), cfg, "llm.x")
+    assert Int8Linear.backends == ("emulate",) and "cuda" in Fp8Linear.backends
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("scaling", ["tensorwise", "rowwise"])
+def test_fp8_cuda_backend_matches_emulation(scaling: str) -> None:
+    ok, reason = Fp8Linear.cuda_support(torch.empty(64, 64, device="cuda"))
+    if not ok:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64).cuda()
+    emulated = Fp8Linear.from_linear(linear, Fp8Config(name="fp8", scaling=scaling, backend="emulate"), "e")
+    real = Fp8Linear.from_linear(linear, Fp8Config(name="fp8", scaling=scaling), "r")
+    if real.backend != "cuda":
+        pytest.skip(f"{scaling} fp8 needs a newer GPU")
+    x = torch.randn(40, 128, device="cuda", requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    out_real, out_emulated = real(x), emulated(x2)
+    torch.testing.assert_close(out_real, out_emulated, rtol=1e-2, atol=1e-2)
+    out_real.sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(out_emulated.sum(), x2)[0], rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------- training
+
+IDS = MediaTokenIds(placeholder={"image": 2000}, begin={"image": 2002}, end={"image": 2004})
+PAD = 2006
+# One rule list for both models: the connector rule takes nothing in the text-only model.
+TRAIN_KINDS = {
+    "fp8": {"kind": "fp8"},
+    "int8": {"kind": "int8", "stochastic_rounding": True},
+    "mxfp4": {"kind": "mxfp4"},
+    "nvfp4": {"kind": "nvfp4"},
+}
+
+
+def rules(kind: str) -> list[dict[str, Any]]:
+    return [{"match": "llm.*", **TRAIN_KINDS[kind]}, {"match": "connectors.*", **TRAIN_KINDS[kind]}]
+
+
+def text_batch() -> Any:
+    docs = [[PackedDocument(f"d{r}", [(7 * i + 3 * r) % 1900 + 1 for i in range(48)])] for r in range(2)]
+    return build_text_batch(docs, 48, PAD)
+
+
+def vlm_batch(cfg: Any) -> Any:
+    processor = media_processors(cfg)["image"]
+    docs = []
+    for seed in range(2):
+        image = Image.new("RGB", (32, 32), (128, 128, 128))
+        ImageDraw.Draw(image).ellipse((4 + seed, 4, 24, 24), fill=(200, 60 * seed, 40))
+        inputs = processor.preprocess(DecodedSegment(kind="image", image=image))
+        item = MediaItem("image", processor.num_tokens(inputs), inputs)
+        text = [(5 * i + seed) % 1900 + 1 for i in range(24)]
+        docs.append([MediaDocument(f"v{seed}", [text[:8], item, text[8:]])])
+    length = max(d[0].length for d in docs)
+    return layout_batch(docs, length, PAD, IDS)
+
+
+def train_steps(model: nn.Module, batch: Any, steps: int = 20) -> list[float]:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(1, steps + 1):
+        loss_sum, count = token_loss_sum(model(batch), batch.labels)
+        loss = loss_sum / count
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        kernels_on_step(model, step)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("model_name", ["llama_tiny", "vlm_tiny"])
+@pytest.mark.parametrize("kind", list(TRAIN_KINDS))
+def test_each_kind_trains_a_tiny_text_model_and_a_tiny_vlm(kind: str, model_name: str) -> None:
+    cfg = load_config(f"models/{model_name}").model
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = vlm_batch(cfg) if model_name == "vlm_tiny" else text_batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the connector rule takes nothing in the text-only model
+        rows = apply_kernels(model, rules(kind))
+    swapped = dict(kernel_modules(model))
+    assert {row.kind for row in rows} == {kind} and len(rows) == len(swapped) == 14 + 2 * (
+        model_name == "vlm_tiny"
+    )
+    assert not any("lm_head" in name or "embed" in name for name in swapped)
+    losses = train_steps(model, batch)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.7 * losses[0], losses
