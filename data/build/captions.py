@@ -113,7 +113,9 @@ def _caption(value: object) -> str | None:
 def _record(
     key: str, where: str, image: RecordSegment, captions: list[str], meta: dict[str, Any]
 ) -> SourceRecord:
-    segments = (image, *(text_segment(c) for c in captions))
+    # Text segments are tokenized one by one and concatenated: a newline keeps several
+    # captions of one image (COCO, Karpathy) apart in the token stream.
+    segments = (image, *(text_segment(c if i == 0 else "\n" + c) for i, c in enumerate(captions)))
     return SourceRecord(key, where, segments, meta)
 
 

@@ -39,8 +39,11 @@ def assert_image(sample: DecodedSample, written: bytes) -> None:
 
 
 def texts(sample: DecodedSample) -> list[str]:
-    assert all(s.kind == "text" and s.loss for s in sample.segments[1:])
-    return [s.text or "" for s in sample.segments[1:]]
+    """The captions; every caption after the first starts with the newline that separates it."""
+    segments = sample.segments[1:]
+    assert all(s.kind == "text" and s.loss and s.text for s in segments)
+    assert all((s.text or "").startswith("\n") for s in segments[1:])
+    return [(s.text or "").removeprefix("\n") for s in segments]
 
 
 def test_llava_pretrain_fixture_round_trip(tmp_path: Path, fixtures_dir: Path) -> None:
