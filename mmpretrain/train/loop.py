@@ -16,6 +16,7 @@ import torch
 from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.data.types import PackedBatch
 from mmpretrain.errors import ConfigError, NotImplementedYetError, UserError
+from mmpretrain.kernels import format_kernel_table, kernel_rows, kernels_on_step
 from mmpretrain.model.build import build_model, media_processors, parameter_table
 from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.model.packed import token_loss_sum
@@ -179,6 +180,8 @@ def train(
     run_start, run_tokens = window_start, 0
     with GracefulStop() as stop, MetricsLogger(run_dir, cfg.train.max_steps, start_step) as log:
         log.message(parameter_table(model))
+        if cfg.model.kernels:
+            log.message(format_kernel_table(kernel_rows(model)))
         if checkpoint is not None:
             log.message(f"resumed from {checkpoint} (step {start_step})")
         if stage_keys:
@@ -216,6 +219,7 @@ def train(
                 last_loss = loss
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            kernels_on_step(model, step)  # masks, schedules, transitions of the kernel kinds
             data_state = micro_batches[-1][1]
             step_tokens = sum(int((b.doc_ids >= 0).sum()) for b, _ in micro_batches)
             tokens += step_tokens
