@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import copy
-import warnings
+import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from kernel_helpers import build as build_tiny
+from kernel_helpers import loss_of, model_config, text_batch, train_steps, vlm_batch
 from torch import nn
 
-from mmpretrain.config import load_config
-from mmpretrain.data.decoders import DecodedSegment
-from mmpretrain.data.layout import MediaDocument, MediaItem, MediaTokenIds, layout_batch
-from mmpretrain.data.packing import PackedDocument, build_text_batch
 from mmpretrain.errors import ConfigError
-from mmpretrain.kernels import apply_kernels, formats, kernel_modules, kernels_on_step
+from mmpretrain.kernels import formats, kernel_modules
 from mmpretrain.kernels.fp4 import Mxfp4Config, Mxfp4Linear, Nvfp4Config, Nvfp4Linear
 from mmpretrain.kernels.fp8 import Fp8Config, Fp8Linear
 from mmpretrain.kernels.int8 import Int8Config, Int8Linear
 from mmpretrain.kernels.quantized import QuantizedLinear
-from mmpretrain.model.build import build_model, media_processors
-from mmpretrain.model.packed import token_loss_sum
+from mmpretrain.train.checkpoint import load_checkpoint, save_checkpoint
 
 KINDS: dict[str, tuple[type[QuantizedLinear], Any]] = {
     "fp8": (Fp8Linear, Fp8Config(name="fp8")),
@@ -247,69 +244,54 @@ def test_fp8_cuda_backend_matches_emulation(scaling: str) -> None:
 
 # ---------------------------------------------------------------------------- training
 
-IDS = MediaTokenIds(placeholder={"image": 2000}, begin={"image": 2002}, end={"image": 2004})
-PAD = 2006
-# One rule list for both models: the connector rule takes nothing in the text-only model.
 TRAIN_KINDS = {
     "fp8": {"kind": "fp8"},
+    "fp8_rowwise": {"kind": "fp8", "scaling": "rowwise"},
     "int8": {"kind": "int8", "stochastic_rounding": True},
     "mxfp4": {"kind": "mxfp4"},
     "nvfp4": {"kind": "nvfp4"},
 }
 
 
-def rules(kind: str) -> list[dict[str, Any]]:
-    return [{"match": "llm.*", **TRAIN_KINDS[kind]}, {"match": "connectors.*", **TRAIN_KINDS[kind]}]
-
-
-def text_batch() -> Any:
-    docs = [[PackedDocument(f"d{r}", [(7 * i + 3 * r) % 1900 + 1 for i in range(48)])] for r in range(2)]
-    return build_text_batch(docs, 48, PAD)
-
-
-def vlm_batch(cfg: Any) -> Any:
-    processor = media_processors(cfg)["image"]
-    docs = []
-    for seed in range(2):
-        image = Image.new("RGB", (32, 32), (128, 128, 128))
-        ImageDraw.Draw(image).ellipse((4 + seed, 4, 24, 24), fill=(200, 60 * seed, 40))
-        inputs = processor.preprocess(DecodedSegment(kind="image", image=image))
-        item = MediaItem("image", processor.num_tokens(inputs), inputs)
-        text = [(5 * i + seed) % 1900 + 1 for i in range(24)]
-        docs.append([MediaDocument(f"v{seed}", [text[:8], item, text[8:]])])
-    length = max(d[0].length for d in docs)
-    return layout_batch(docs, length, PAD, IDS)
-
-
-def train_steps(model: nn.Module, batch: Any, steps: int = 20) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for step in range(1, steps + 1):
-        loss_sum, count = token_loss_sum(model(batch), batch.labels)
-        loss = loss_sum / count
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        kernels_on_step(model, step)
-        losses.append(loss.item())
-    return losses
+def train_rules(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One list for both models (`model.kernels`): the LLM's Linears and any connector."""
+    return [{"match": "llm.*.mlp.*", **options}, {"match": ["llm.*.self_attn.*", "connectors.*"], **options}]
 
 
 @pytest.mark.parametrize("model_name", ["llama_tiny", "vlm_tiny"])
 @pytest.mark.parametrize("kind", list(TRAIN_KINDS))
 def test_each_kind_trains_a_tiny_text_model_and_a_tiny_vlm(kind: str, model_name: str) -> None:
-    cfg = load_config(f"models/{model_name}").model
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    batch = vlm_batch(cfg) if model_name == "vlm_tiny" else text_batch()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the connector rule takes nothing in the text-only model
-        rows = apply_kernels(model, rules(kind))
+    model = build_tiny(model_name, train_rules(TRAIN_KINDS[kind]))
     swapped = dict(kernel_modules(model))
-    assert {row.kind for row in rows} == {kind} and len(rows) == len(swapped) == 14 + 2 * (
-        model_name == "vlm_tiny"
-    )
+    assert len(swapped) == 14 + 2 * (model_name == "vlm_tiny")  # 2 x (4 attention + 3 MLP) + connector
+    assert {m.kind for m in swapped.values()} == {TRAIN_KINDS[kind]["kind"]}
     assert not any("lm_head" in name or "embed" in name for name in swapped)
-    losses = train_steps(model, batch)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < 0.7 * losses[0], losses
+    batch = text_batch() if model_name == "llama_tiny" else vlm_batch(model_config(model_name))
+    losses = train_steps(model, batch, 20)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+
+
+def test_checkpoint_keeps_scales_and_rounding_counters_and_resumes_exactly(tmp_path: Path) -> None:
+    """Through the real checkpoint format (DCP + safetensors)."""
+    rules = [
+        {"match": "llm.*.mlp.*", "kind": "fp8", "scaling": "rowwise"},
+        {"match": "llm.*.self_attn.[qk]_proj", "kind": "nvfp4"},
+        {"match": "llm.*", "kind": "int8", "stochastic_rounding": True},
+    ]
+    batch = text_batch()
+    model = build_tiny("llama_tiny", rules)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_steps(model, batch, 3)
+    path = save_checkpoint(tmp_path, 3, model, optimizer, {}, keep_last=1)
+    resumed = build_tiny("llama_tiny", rules)
+    load_checkpoint(path, resumed, torch.optim.AdamW(resumed.parameters(), lr=1e-3))
+    saved, loaded = model.state_dict(), resumed.state_dict()
+    assert any(k.endswith("weight_block_scale") for k in saved) and any(
+        k.endswith("grad_rounding_calls") for k in saved
+    )
+    for key in saved:
+        assert saved[key].dtype == loaded[key].dtype and torch.equal(saved[key], loaded[key]), key
+    with torch.no_grad():
+        assert torch.equal(loss_of(model.eval(), batch), loss_of(resumed.eval(), batch))
+    assert train_steps(model, batch, 2) == train_steps(resumed, batch, 2)  # same rounding noise
