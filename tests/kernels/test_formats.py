@@ -1,8 +1,9 @@
-"""Number formats against independent references built here from the format definitions.
+"""Number formats against independent references (mmpretrain.kernels.reference).
 
 The references decode every bit pattern of a format to float64, sort the finite values and
-pick the nearest one, breaking ties towards the even mantissa (lowest mantissa bit 0).
-They share no code with mmpretrain.kernels.formats.
+pick the nearest one, breaking ties towards the even mantissa (lowest mantissa bit 0), and
+write the block formats' specifications out loop by loop. They share no code with
+mmpretrain.kernels.formats.
 """
 
 from __future__ import annotations
@@ -14,64 +15,18 @@ import pytest
 import torch
 
 from mmpretrain.kernels import formats
-
-# ---------------------------------------------------------------------------- references
-
-
-def fp8_table(fmt: str) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative finite values of an fp8 format (float64, ascending) and mantissa parity."""
-    exp_bits, man_bits, bias = (4, 3, 7) if fmt == "e4m3" else (5, 2, 15)
-    values, parity = [], []
-    for e in range(2**exp_bits):
-        for m in range(2**man_bits):
-            if fmt == "e4m3" and e == 15 and m == 7:
-                continue  # e4m3fn: the only NaN; no infinities
-            if fmt == "e5m2" and e == 31:
-                continue  # inf and NaN
-            if e == 0:
-                value = m / 2**man_bits * 2.0 ** (1 - bias)
-            else:
-                value = (1 + m / 2**man_bits) * 2.0 ** (e - bias)
-            values.append(value)
-            parity.append(m & 1)
-    order = np.argsort(values)
-    return np.asarray(values)[order], np.asarray(parity)[order]
-
-
-E2M1_TABLE = (np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]), np.array([0, 1, 0, 1, 0, 1, 0, 1]))
-
-
-def nearest_even(x: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Round float64 values to the table's grid: saturating, ties to the even mantissa, NaN kept."""
-    values, parity = table
-    x = np.asarray(x, dtype=np.float64)
-    mag = np.minimum(np.abs(x), values[-1])  # saturate (inf -> max)
-    mag = np.where(np.isnan(x), 0.0, mag)
-    hi_idx = np.searchsorted(values, mag, side="left")
-    hi_idx = np.minimum(hi_idx, len(values) - 1)
-    lo_idx = np.where(values[hi_idx] == mag, hi_idx, np.maximum(hi_idx - 1, 0))
-    lo, hi = values[lo_idx], values[hi_idx]
-    down, up = mag - lo, hi - mag
-    pick_hi = (up < down) | ((up == down) & (parity[hi_idx] == 0) & (hi_idx != lo_idx))
-    out = np.where(pick_hi, hi, lo)
-    out = np.copysign(out, x)
-    return np.where(np.isnan(x), np.nan, out)
-
-
-def all_bf16() -> tuple[torch.Tensor, np.ndarray]:
-    """Every bf16 bit pattern as a torch bf16 tensor and as float64 (decoded via float32 bits)."""
-    bits = np.arange(2**16, dtype=np.uint32)
-    as_f32 = (bits << 16).view(np.float32)
-    tensor = torch.from_numpy(bits.astype(np.uint16).view(np.int16).copy()).view(torch.bfloat16)
-    with np.errstate(invalid="ignore"):  # NaN payloads
-        return tensor, as_f32.astype(np.float64)
-
-
-def same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Elementwise equality with NaN == NaN and the sign of zero compared."""
-    both_nan = np.isnan(a) & np.isnan(b)
-    return both_nan | ((a == b) & (np.signbit(a) == np.signbit(b)))
-
+from mmpretrain.kernels.reference import (
+    E2M1_TABLE,
+    all_bf16,
+    block_mismatches,
+    fp8_mismatches,
+    fp8_table,
+    nearest_even,
+    reference_mxfp4,
+    reference_nvfp4,
+    same,
+    spread_matrix,
+)
 
 # ---------------------------------------------------------------------------- fp8
 
@@ -85,6 +40,7 @@ def test_fp8_matches_reference_on_every_bf16_value(fmt: str) -> None:
     reference = nearest_even(exact, fp8_table(fmt))
     mismatches = np.flatnonzero(~same(ours, reference))
     assert mismatches.size == 0, [(exact[i], ours[i], reference[i]) for i in mismatches[:5]]
+    assert fp8_mismatches(fmt) == 0  # what bench_kernels.py reports
 
 
 def test_fp8_tables_have_the_format_limits() -> None:
@@ -147,50 +103,6 @@ def test_e2m1_matches_reference_on_a_dense_sweep() -> None:
     assert np.array_equal(ours, nearest_even(x.double().numpy(), E2M1_TABLE))
 
 
-def reference_mxfp4(x: np.ndarray, block: int = 32) -> np.ndarray:
-    """OCP MX v1.0: X = floor(log2(amax)) - emax_elem (2), clamped to E8M0; P = e2m1(v / 2^X)."""
-    out = np.zeros_like(x, dtype=np.float64)
-    for row in range(x.shape[0]):
-        for start in range(0, x.shape[1], block):
-            values = x[row, start : start + block].astype(np.float64)
-            amax = float(np.max(np.abs(values)))
-            if amax == 0:
-                continue
-            _, exponent = math.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
-            shared = min(max(exponent - 1 - 2, -127), 127)
-            scale = 2.0**shared
-            out[row, start : start + block] = nearest_even(values / scale, E2M1_TABLE) * scale
-    return out
-
-
-def reference_nvfp4(x: np.ndarray, block: int = 16) -> np.ndarray:
-    """Per-tensor fp32 scale amax/(448*6), per-block e4m3(amax_b/6/s), e2m1(v/(b*s)); fp32 arithmetic."""
-    f32 = np.float32
-    tensor_scale = f32(np.max(np.abs(x))) / f32(448.0 * 6.0)
-    e4m3 = fp8_table("e4m3")
-    out = np.zeros_like(x, dtype=np.float64)
-    for row in range(x.shape[0]):
-        for start in range(0, x.shape[1], block):
-            values = x[row, start : start + block].astype(np.float32)
-            amax_b = f32(np.max(np.abs(values)))
-            block_scale = f32(nearest_even(np.array([f32(amax_b / f32(6.0)) / tensor_scale]), e4m3)[0])
-            denominator = f32(block_scale * tensor_scale)
-            if denominator == 0:
-                continue
-            q = nearest_even((values / denominator).astype(np.float64), E2M1_TABLE)
-            out[row, start : start + block] = q.astype(np.float32) * denominator  # dequantized in fp32
-    return out
-
-
-def spread_matrix(rows: int, cols: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    magnitudes = torch.exp2(torch.randint(-20, 20, (rows, 1), generator=generator).float())
-    x = torch.randn(rows, cols, generator=generator) * magnitudes
-    x[0, :8] = 0.0  # partly zero block
-    x[1, :32] = 0.0  # an all-zero block
-    return x
-
-
 def test_mxfp4_matches_reference_formula() -> None:
     x = spread_matrix(24, 96, seed=1)
     ours = formats.fake_quantize_mxfp4(x)
@@ -220,6 +132,19 @@ def test_nvfp4_matches_reference_formula() -> None:
     for x in (spread_matrix(8, 64, seed=2) * 1e-3, torch.randn(16, 48) * 3, torch.randn(4, 16) * 1e4):
         ours = formats.fake_quantize_nvfp4(x)
         assert np.array_equal(ours.double().numpy(), reference_nvfp4(x.numpy()))
+    assert block_mismatches("nvfp4", 16, 64)[0] == 0 and block_mismatches("mxfp4", 16, 64)[0] == 0
+
+
+def test_the_reference_sees_a_wrong_rounding() -> None:
+    """The comparison has teeth: rounding ties away from zero, or not saturating, is caught."""
+    tensor, exact = all_bf16()
+    reference = nearest_even(exact, fp8_table("e4m3"))
+    with np.errstate(invalid="ignore"):
+        no_clamp = tensor.float().to(torch.float8_e5m2).double().numpy()
+    assert (~same(no_clamp, nearest_even(exact, fp8_table("e5m2")))).sum() > 1000  # overflow -> inf
+    ties_away = np.copysign(np.floor(np.abs(exact) * 2**9 + 0.5) / 2**9, exact)  # subnormal grid
+    small = np.abs(exact) < 2.0**-6
+    assert (~same(ties_away[small], reference[small])).sum() > 0
 
 
 def test_nvfp4_hand_checked() -> None:
