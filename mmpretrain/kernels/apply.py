@@ -78,7 +78,7 @@ def apply_kernels(model: nn.Module, rules: Sequence[KernelRule | dict[str, Any]]
         if index is None:
             continue
         cfg: Any = checked[index].kernel
-        kind_class = KERNELS.get(cfg.name).builder
+        kind_class: Any = KERNELS.get(cfg.name).builder
         swapped = kind_class.from_linear(linear, cfg, fqn)
         _set_submodule(model, fqn, swapped)
         used[index] += 1

@@ -81,6 +81,8 @@ class KernelLinear(nn.Module):
     config_class: ClassVar[type[KernelConfig]] = KernelConfig
     backends: ClassVar[tuple[str, ...]] = ("emulate",)
     """Backends this kind implements (``mmpt list kernels`` shows them)."""
+    weight: torch.Tensor  # the Linear's own Parameters
+    bias: torch.Tensor | None
 
     def __init__(self, cfg: KernelConfig, linear: nn.Linear, fqn: str = "") -> None:
         super().__init__()
@@ -166,7 +168,7 @@ class KernelLinear(nn.Module):
         linear = linear.to(device=weight.device, dtype=self.weight.dtype)
         linear.weight.copy_(weight.to(self.weight.dtype))
         if self.bias is not None:
-            linear.bias.copy_(self.bias.detach())  # type: ignore[union-attr]
+            linear.bias.copy_(self.bias.detach())
         return linear
 
     def describe(self) -> str:

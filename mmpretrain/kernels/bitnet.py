@@ -26,7 +26,7 @@ Backends: ``emulate`` only (torch ops on any device; no packed ternary GPU kerne
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,7 @@ class BitNetLinear(KernelLinear):
     """BitNet b1.58 Linear (buffer: lam, the 16-bit to ternary mix)."""
 
     cfg: BitNetConfig
+    lam: Tensor
 
     def __init__(self, cfg: BitNetConfig, linear: nn.Linear, fqn: str = "") -> None:
         super().__init__(cfg, linear, fqn)
@@ -163,6 +164,9 @@ class TernaryLinear(nn.Module):
     """Inference Linear from exported b1.58 weights: unpacked ternary codes times the
     scale, with the same 8-bit activation quantizer as :class:`BitNetLinear`."""
 
+    weight: Tensor
+    weight_scale: Tensor
+
     def __init__(
         self,
         packed: Tensor,
@@ -203,7 +207,7 @@ def load_ternary(model: nn.Module, tensors: dict[str, Tensor], eps: float = 1e-5
     usual way."""
     fqns = sorted({key.rsplit(".", 1)[0] for key in tensors if key.endswith(".weight_packed")})
     for fqn in fqns:
-        old = model.get_submodule(fqn)
+        old: Any = model.get_submodule(fqn)
         dtype = old.weight.dtype if hasattr(old, "weight") else torch.float32
         shape = tuple(int(d) for d in tensors[f"{fqn}.weight_shape"].tolist())
         new = TernaryLinear(

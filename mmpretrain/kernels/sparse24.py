@@ -169,6 +169,9 @@ class Sparse24Linear(KernelLinear):
 
     backends = ("emulate", "cuda")
     cfg: Sparse24Config
+    mask: Tensor
+    active: Tensor
+    scale: Tensor
 
     def __init__(self, cfg: Sparse24Config, linear: nn.Linear, fqn: str = "") -> None:
         if linear.in_features % 4:

@@ -90,6 +90,9 @@ class UnstructuredLinear(KernelLinear):
     """Magnitude-pruned Linear (buffers: mask, active, sparsity)."""
 
     cfg: UnstructuredConfig
+    mask: Tensor
+    active: Tensor
+    sparsity: Tensor
 
     def __init__(self, cfg: UnstructuredConfig, linear: nn.Linear, fqn: str = "") -> None:
         super().__init__(cfg, linear, fqn)
