@@ -15,6 +15,7 @@ MAPPED_PACKAGES = {
     "mmpretrain": "mmpretrain",
     "mmpretrain.model": "mmpretrain/model",
     "mmpretrain.train": "mmpretrain/train",
+    "mmpretrain.kernels": "mmpretrain/kernels",
     "mmpretrain.eval": "mmpretrain/eval",
     "mmpretrain.encoders": "encoders",
     "mmpretrain.connectors": "connectors",
