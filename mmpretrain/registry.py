@@ -30,6 +30,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mmpretrain.connectors",
     "mmpretrain.encoders",
     "mmpretrain.kernels",
+    "mmpretrain.eval.tasks",
 )
 
 BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])

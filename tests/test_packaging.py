@@ -17,6 +17,8 @@ MAPPED_PACKAGES = {
     "mmpretrain.train": "mmpretrain/train",
     "mmpretrain.kernels": "mmpretrain/kernels",
     "mmpretrain.eval": "mmpretrain/eval",
+    "mmpretrain.eval.metrics": "mmpretrain/eval/metrics",
+    "mmpretrain.eval.tasks": "mmpretrain/eval/tasks",
     "mmpretrain.encoders": "encoders",
     "mmpretrain.connectors": "connectors",
     "mmpretrain.data": "data",

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from mmpretrain.data.decoders import DecodedSegment
 from mmpretrain.errors import UserError
 
 TaskKind = Literal["generate", "classify"]
 
-PromptPart = str | DecodedSegment
+PromptPart: TypeAlias = str | DecodedSegment
 """One piece of a rendered prompt: a run of text or one media segment (image or audio)."""
 
 MEDIA_PLACEHOLDERS: dict[str, str] = {"<image>": "image", "<audio>": "audio"}
@@ -39,7 +39,7 @@ class EvalExample:
     (source file, image id, answer type, ...).
     """
 
-    __slots__ = ("id", "question", "answers", "choices", "label", "meta", "_segments", "_load")
+    __slots__ = ("_load", "_segments", "answers", "choices", "id", "label", "meta", "question")
 
     def __init__(
         self,
@@ -73,6 +73,18 @@ class EvalExample:
             assert self._load is not None
             self._segments = self._load()
         return self._segments
+
+    @property
+    def demo_answer(self) -> str:
+        """The answer a demonstration of this example shows: ``label``, else ``answers[0]``.
+
+        Loaders put the most representative reference first (VQA: the most common answer).
+        """
+        if self.label is not None:
+            return self.label
+        if not self.answers:
+            raise UserError(f"example {self.id} has no answer to show as a demonstration")
+        return self.answers[0]
 
     @property
     def media(self) -> list[DecodedSegment]:
