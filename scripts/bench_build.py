@@ -1,19 +1,22 @@
 """Build benchmark: espeak-ng synthesis speed and `mmpt data build` throughput.
 
-1. TTS on one core (the process pinned to one CPU; espeak-ng processes inherit it): the
-   same 12-word spans of the built-in Shakespeare corpus (cut as ``--format
-   tts-interleaved`` cuts them) synthesized to 16 kHz samples by the in-process library
-   engine (libespeak-ng through ctypes, :mod:`mmpretrain.data.build.tts`) and by the
-   subprocess baseline (one ``espeak-ng`` process per utterance). Both are timed
-   alternately, ``--repeats`` times, best kept; utterances per wall-clock second and per
-   CPU second (this process and its children) are reported: on a shared machine other jobs
-   move the first a lot, the second little. The issue's target is >= ~50 utterances/s.
+1. TTS, one utterance at a time (one core busy at a time; ``--pin`` pins the process
+   and its espeak-ng children to one CPU): the same 12-word spans of the built-in
+   Shakespeare corpus (cut as ``--format tts-interleaved`` cuts them) synthesized to 16 kHz
+   samples by the in-process library engine (libespeak-ng through ctypes,
+   :mod:`mmpretrain.data.build.tts`) and by the subprocess baseline (one ``espeak-ng``
+   process per utterance). Both are timed alternately, ``--repeats`` times, best kept;
+   utterances per wall-clock second and per CPU second (this process and its children: the
+   rate of one fully used core) are reported: on a shared machine other jobs move the
+   first a lot, the second little. The issue's target is >= ~50 utterances/s on one core.
 2. Build throughput, `mmpt data build` as a library call, with ``--workers 0`` and 2:
    ``tts-interleaved`` on the first Shakespeare documents (records/s and utterances/s),
-   and ``captions`` on generated JSONL + JPEG pairs (640x480 noise-free gradients, shrunk to
-   512 px by the build).
+   and ``captions`` on generated JSONL + JPEG pairs (640x480 gradients, shrunk to 512 px
+   by the build). Each build is preceded by a 1-record build of the same kind, whose time
+   (worker start-up: every worker process imports the package, torch included) gives the
+   steady rate: records after the first / (time - that).
 
-    python scripts/bench_build.py --quick     # ~2 minutes
+    python scripts/bench_build.py --quick     # ~2 minutes on 2 cores
     python scripts/bench_build.py             # more spans, documents and images
 
 The last line printed is one JSON object with the figures.
@@ -88,9 +91,10 @@ def time_engine(spans: list[str], engine: Engine) -> tuple[float, float, float]:
     return time.perf_counter() - wall, _cpu_seconds() - cpu, samples / 16000
 
 
-def bench_tts(spans: list[str], repeats: int) -> dict[str, dict[str, float]]:
-    """Best wall and CPU rates of both engines on one core, timed alternately."""
-    pinned = hasattr(os, "sched_setaffinity")
+def bench_tts(spans: list[str], repeats: int, pin: bool) -> dict[str, dict[str, float]]:
+    """Best wall and CPU rates of both engines, timed alternately, one utterance at a time
+    (``pin``: the process and its espeak-ng children on one CPU)."""
+    pinned = pin and hasattr(os, "sched_setaffinity")
     if pinned:
         allowed = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {min(allowed)})
@@ -131,14 +135,25 @@ def write_captions(root: Path, count: int) -> Path:
 
 
 def time_build(fmt: str, out: Path, workers: int, **options: Any) -> dict[str, float]:
-    """Records/s, kept samples and audio clips of one build (wall clock, setup included)."""
-    shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
-    index = build_dataset(fmt, BuildOptions(out=out, workers=workers, **options), progress=False)
-    seconds = time.perf_counter() - started
+    """Records/s and utterances/s of one build (wall clock, worker start-up included), and
+    the steady rate: records after the first over the time after a 1-record build's."""
+
+    def run(limit: int | None) -> tuple[float, float, dict[str, Any]]:
+        shutil.rmtree(out, ignore_errors=True)
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        opts = BuildOptions(out=out, workers=workers, **{**options, "limit": limit})
+        index = build_dataset(fmt, opts, progress=False)
+        return time.perf_counter() - started, _cpu_seconds() - cpu, index
+
+    startup, _, _ = run(1)
+    seconds, cpu, index = run(options.get("limit"))
+    records = index["build"]["records"]
     return {
         "seconds": seconds,
-        "records_per_s": index["build"]["records"] / seconds,
+        "cpu_s": cpu,  # this process only: the whole build with 0 workers
+        "startup_s": startup,
+        "records_per_s": records / seconds,
+        "steady_records_per_s": (records - 1) / max(seconds - startup, 1e-9),
         "samples": index["samples"],
         "audio": index["audio"],
         "utterances_per_s": index["audio"] / seconds,
@@ -158,26 +173,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="200 spans, 2 repeats, 12 documents, 200 images")
+    parser.add_argument("--quick", action="store_true", help="200 spans, 2 repeats, 30 documents, 300 images")
     parser.add_argument("--spans", type=int, help="utterances per TTS timing (default 600; --quick 200)")
     parser.add_argument(
         "--repeats", type=int, help="TTS timings per engine, best kept (default 3; --quick 2)"
     )
     parser.add_argument(
-        "--documents", type=int, help="tts-interleaved build documents (default 40; --quick 12)"
+        "--documents", type=int, help="tts-interleaved build documents (default 80; --quick 30)"
     )
-    parser.add_argument("--images", type=int, help="captions build images (default 600; --quick 200)")
+    parser.add_argument("--images", type=int, help="captions build images (default 1000; --quick 300)")
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the TTS timing to one CPU (other jobs on it slow it down)"
+    )
     args = parser.parse_args()
     n_spans = args.spans or (200 if args.quick else 600)
     repeats = args.repeats or (2 if args.quick else 3)
-    n_docs = args.documents or (12 if args.quick else 40)
-    n_images = args.images or (200 if args.quick else 600)
+    n_docs = args.documents or (30 if args.quick else 80)
+    n_images = args.images or (300 if args.quick else 1000)
     print(f"machine: {machine()}; load {load()}; TTS engine: {engine_name()}")
 
     spans = shakespeare_spans(n_spans)
     words = sum(len(s.split()) for s in spans) / len(spans)
-    tts = bench_tts(spans, repeats)
-    print(f"\nTTS on one core: {len(spans)} Shakespeare spans, {words:.1f} words each, best of {repeats}")
+    tts = bench_tts(spans, repeats, args.pin)
+    where = "pinned to one CPU" if args.pin else "one utterance at a time"
+    print(f"\nTTS ({where}): {len(spans)} Shakespeare spans, {words:.1f} words each, best of {repeats}")
     print("| engine | utterances/s | utterances/CPU-s | CPU ms/utterance | speed vs real time |")
     print("|---|---|---|---|---|")
     for row in _rows(tts):
@@ -197,15 +216,18 @@ def main() -> None:
         manifest = write_captions(tmp / "captions", n_images)
         runs.append(("captions", lambda w: time_build("captions", tmp / "cap", w, input=manifest)))
         print(f"\nbuilds (load {load()}): tts-interleaved {n_docs} documents, captions {n_images} images")
-        print("| format | workers | records/s | utterances/s | seconds |")
-        print("|---|---|---|---|---|")
+        print(
+            "| format | workers | records/s | utterances/s | seconds | 1-record build s | steady records/s |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for name, run in runs:
             for workers in (0, 2):
                 r = run(workers)
                 builds[f"{name}/{workers}"] = r
                 print(
-                    f"| {name} | {workers} | {r['records_per_s']:.1f} | "
-                    f"{r['utterances_per_s']:.1f} | {r['seconds']:.1f} |"
+                    f"| {name} | {workers} | {r['records_per_s']:.1f} | {r['utterances_per_s']:.1f} | "
+                    f"{r['seconds']:.1f} | {r['startup_s']:.1f} | {r['steady_records_per_s']:.1f} | "
+                    f"{r['cpu_s']:.1f} |"
                 )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,11 +245,18 @@ def main() -> None:
         "tts_interleaved_records_per_s": round(builds["tts-interleaved/0"]["records_per_s"], 2),
         "tts_interleaved_records_per_s_2_workers": round(builds["tts-interleaved/2"]["records_per_s"], 2),
         "tts_interleaved_utterances_per_s": round(builds["tts-interleaved/0"]["utterances_per_s"], 1),
+        "tts_interleaved_utterances_per_cpu_s": round(
+            builds["tts-interleaved/0"]["audio"] / builds["tts-interleaved/0"]["cpu_s"], 1
+        ),
         "tts_interleaved_utterances_per_s_2_workers": round(
             builds["tts-interleaved/2"]["utterances_per_s"], 1
         ),
         "captions_records_per_s": round(builds["captions/0"]["records_per_s"], 1),
         "captions_records_per_s_2_workers": round(builds["captions/2"]["records_per_s"], 1),
+        "tts_interleaved_steady_records_per_s_2_workers": round(
+            builds["tts-interleaved/2"]["steady_records_per_s"], 2
+        ),
+        "captions_steady_records_per_s_2_workers": round(builds["captions/2"]["steady_records_per_s"], 1),
     }
     print(json.dumps(summary))
 
