@@ -59,6 +59,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mmpretrain.eval_cli import eval_command
+
+    return eval_command(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -227,15 +233,33 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "eval",
         "few-shot evaluation of a checkpoint",
-        ("  mmpt eval runs/demo --task shapes_vqa --shots 0,4,8 --limit 100 --out results.json"),
-        _not_implemented("mmpt eval", "Few-shot evaluation"),
+        (
+            "  mmpt eval runs/demo --task shapes_count --shots 0,4,8 --limit 100 --out results.json\n"
+            "  mmpt eval runs/demo --task shapes_count,shapes_caption --shots 0,4,8 --demos rices\n"
+            "  mmpt eval runs/demo/checkpoints/step_0000600 --task shapes_asr --batch-size 16"
+        ),
+        _cmd_eval,
         p,
     )
-    evaluate.add_argument("checkpoint", help="run directory, checkpoint directory or exported model")
-    evaluate.add_argument("--task", required=True, help="task name (`mmpt list tasks`) or task file")
-    evaluate.add_argument("--shots", default="0", help="comma-separated shot counts")
-    evaluate.add_argument("--limit", type=int, help="evaluate at most N queries")
-    evaluate.add_argument("--out", help="write results JSON here")
+    evaluate.add_argument("checkpoint", help="run directory, checkpoint directory or saved model directory")
+    evaluate.add_argument(
+        "--task", required=True, help="task name (`mmpt list tasks`) or task file; several: comma-separated"
+    )
+    evaluate.add_argument("--shots", default="0", help="comma-separated shot counts (default 0)")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N queries of each task")
+    evaluate.add_argument("--out", help="results JSON (+ .md table, .png plot, .predictions.jsonl)")
+    evaluate.add_argument(
+        "--demos", choices=["random", "rices"], default="random", help="how demonstrations are chosen"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random demonstrations")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="queries (or scored rows) per forward")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if any)")
+    evaluate.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="task option (file path, template); repeatable"
+    )
+    evaluate.add_argument(
+        "--no-prefix-cache", action="store_true", help="run every prompt in full (slower; for checking)"
+    )
 
     export = _add(
         sub,

@@ -29,7 +29,6 @@ SUBCOMMANDS = [
 ]
 
 NOT_IMPLEMENTED = [
-    ["eval", "runs/x", "--task", "t"],
     ["export", "runs/x", "--to", "hf", "--out", "y"],
     ["tokenizer", "train", "--kind", "vq", "--input", "x.txt", "--out", "tok"],
     ["tokenizer", "decode", "tok", "--ids", "ids.json", "--out", "x.png"],

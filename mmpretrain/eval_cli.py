@@ -1,0 +1,92 @@
+"""`mmpt eval CHECKPOINT --task T[,T2...] --shots 0,4,8 [--limit N] [--out results.json]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmpretrain.errors import UserError
+
+
+def parse_shots(text: str) -> list[int]:
+    """``"0,4,8"`` -> ``[0, 4, 8]`` (sorted, unique, each >= 0)."""
+    try:
+        shots = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UserError(f"--shots takes comma-separated integers like 0,4,8, got {text!r}") from None
+    if not shots or shots[0] < 0:
+        raise UserError(f"--shots takes comma-separated integers >= 0 like 0,4,8, got {text!r}")
+    return shots
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; anything else as given (checked)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    return name
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Run the evaluation; print one line per (task, shots) and the table; write the report."""
+    from mmpretrain.eval.engine import Evaluator, evaluate_task, stderr_progress
+    from mmpretrain.eval.model_io import load_for_eval
+    from mmpretrain.eval.report import markdown_table, result_entries, write_report
+    from mmpretrain.eval.tasks import load_task
+
+    shots = parse_shots(args.shots)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    names = [name.strip() for name in args.task.split(",") if name.strip()]
+    if not names:
+        raise UserError("--task names no task; see `mmpt list tasks`")
+    tasks = [load_task(name, args.set or []) for name in names]  # a bad task fails before loading
+    device = resolve_device(args.device)
+    loaded = load_for_eval(args.checkpoint, device)
+    print(f"evaluating {loaded.checkpoint} on {device}", file=sys.stderr)
+    evaluator = Evaluator(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.processors,
+        batch_size=args.batch_size,
+        prefix_cache=not args.no_prefix_cache,
+    )
+    results = []
+    for task in tasks:
+        for k in shots:
+            total = len(task.queries()) if args.limit is None else min(args.limit, len(task.queries()))
+            advance, close = stderr_progress(total, f"{task.name} {k}-shot")
+            try:
+                result = evaluate_task(
+                    evaluator, task, k, limit=args.limit, demos=args.demos, seed=args.seed, progress=advance
+                )
+            finally:
+                close()
+            note = f" ({result.note})" if result.note else ""
+            print(
+                f"{task.name} {k}-shot: {result.metric} {result.score:.4f} on {result.n} queries, "
+                f"{result.queries_per_s:.1f} queries/s{note}",
+                file=sys.stderr,
+            )
+            results.append(result)
+    source = {"checkpoint": loaded.checkpoint, "config_hash": loaded.config_hash, "step": loaded.step}
+    print(markdown_table(result_entries(results, source)), end="")
+    if args.out:
+        settings = {
+            "tasks": names,
+            "shots": shots,
+            "limit": args.limit,
+            "demos": args.demos,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "device": device,
+            "prefix_cache": not args.no_prefix_cache,
+            "task_overrides": list(args.set or []),
+        }
+        paths = write_report(Path(args.out), results, source, settings)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
