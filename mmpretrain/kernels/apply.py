@@ -30,6 +30,7 @@ class KernelRow:
     kind: str
     backend: str
     shape: tuple[int, int]  # (out_features, in_features), as the weight is stored
+    settings: str = ""  # the kind's short summary (``KernelLinear.describe``)
 
 
 def _as_rules(rules: Sequence[KernelRule | dict[str, Any]]) -> list[KernelRule]:
@@ -82,7 +83,9 @@ def apply_kernels(model: nn.Module, rules: Sequence[KernelRule | dict[str, Any]]
         swapped = kind_class.from_linear(linear, cfg, fqn)
         _set_submodule(model, fqn, swapped)
         used[index] += 1
-        rows.append(KernelRow(fqn, swapped.kind, swapped.backend, tuple(swapped.weight.shape)))
+        rows.append(
+            KernelRow(fqn, swapped.kind, swapped.backend, tuple(swapped.weight.shape), swapped.describe())
+        )
     for rule, count in zip(checked, used, strict=True):
         if count == 0:
             warnings.warn(
@@ -101,7 +104,9 @@ def kernel_modules(model: nn.Module) -> Iterator[tuple[str, KernelLinear]]:
 def kernel_rows(model: nn.Module) -> list[KernelRow]:
     """The table rows of the kinds already in ``model`` (as :func:`apply_kernels` returned)."""
     return [
-        KernelRow(name, module.kind, module.backend, (module.out_features, module.in_features))
+        KernelRow(
+            name, module.kind, module.backend, (module.out_features, module.in_features), module.describe()
+        )
         for name, module in kernel_modules(model)
     ]
 
@@ -147,23 +152,23 @@ def _ranges(numbers: list[int]) -> str:
 
 def format_kernel_table(rows: Sequence[KernelRow]) -> str:
     """The start-of-run table: modules grouped over layer indices
-    (``llm.model.layers.{0-31}.mlp.up_proj``), kind, backend, weight shape, count."""
+    (``llm.model.layers.{0-31}.mlp.up_proj``), kind, backend, weight shape, count, settings."""
     if not rows:
         return "kernels: none (every Linear is dense)"
-    groups: dict[tuple[str, str, str, tuple[int, int]], list[int]] = {}
+    groups: dict[tuple[str, str, str, tuple[int, int], str], list[int]] = {}
     for row in rows:
         indices = [int(m) for m in _INDEX.findall(row.fqn)]
         pattern = _INDEX.sub(".{}", row.fqn, count=1) if indices else row.fqn
-        key = (pattern, row.kind, row.backend, row.shape)
+        key = (pattern, row.kind, row.backend, row.shape, row.settings)
         groups.setdefault(key, []).append(indices[0] if indices else -1)
     lines = []
-    for (pattern, kind, backend, shape), layer_ids in groups.items():
+    for (pattern, kind, backend, shape, settings), layer_ids in groups.items():
         spans = _ranges(layer_ids)
         name = pattern.replace("{}", spans if spans.isdigit() else "{" + spans + "}")
         shape_text = f"{shape[0]}x{shape[1]}"
         label = f"{backend} (reference numerics)" if backend == "emulate" else backend
-        lines.append((name, kind, label, shape_text, str(len(layer_ids))))
-    headers = ("module", "kind", "backend", "weight", "count")
+        lines.append((name, kind, label, shape_text, str(len(layer_ids)), settings))
+    headers = ("module", "kind", "backend", "weight", "count", "settings")
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     out = ["kernels:  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     out += [

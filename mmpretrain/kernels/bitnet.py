@@ -141,6 +141,12 @@ class BitNetLinear(KernelLinear):
             x_q = (1 - lam) * x + lam * x_q
         return F.linear(x_q, weight, self.bias)
 
+    def describe(self) -> str:
+        start, steps = self.cfg.transition_start, self.cfg.transition_steps
+        if steps == 0:
+            return "ternary" if start == 0 else f"16-bit, ternary from step {start}"
+        return f"16-bit to ternary over steps {start}-{start + steps}"
+
     def export(self) -> dict[str, Tensor]:
         """Packed ternary weight, scale, shape and bias (the transition must be finished)."""
         if self.mix != 1.0:

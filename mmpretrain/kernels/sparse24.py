@@ -274,4 +274,10 @@ class Sparse24Linear(KernelLinear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def describe(self) -> str:
-        return f"{self.cfg.variant}, mask every {self.cfg.update_every} steps"
+        cfg = self.cfg
+        text = f"{cfg.variant}, mask every {cfg.update_every} steps"
+        if cfg.dense_warmup_steps:
+            text += f", dense for {cfg.dense_warmup_steps} steps"
+        if cfg.dense_finetune_from is not None:
+            text += f", dense after step {cfg.dense_finetune_from}"
+        return text

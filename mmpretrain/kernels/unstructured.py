@@ -150,4 +150,6 @@ class UnstructuredLinear(KernelLinear):
         return F.linear(x, weight, self.bias)
 
     def describe(self) -> str:
-        return f"{self.cfg.schedule} to {self.cfg.sparsity:.0%}"
+        cfg = self.cfg
+        text = f"{cfg.schedule} {cfg.sparsity:.0%}, {'re-selected' if cfg.reselect else 'fixed'} masks"
+        return text + (f", dense after step {cfg.densify_at}" if cfg.densify_at is not None else "")

@@ -133,10 +133,11 @@ def test_table_groups_layers_and_names_backends() -> None:
     )
     table = format_kernel_table(rows)
     lines = table.splitlines()
-    assert lines[0].split() == ["kernels:", "module", "kind", "backend", "weight", "count"]
+    assert lines[0].split() == ["kernels:", "module", "kind", "backend", "weight", "count", "settings"]
     gate = next(line for line in lines if "gate_proj" in line)
     assert gate.split()[:2] == ["llm.model.layers.{0-3}.mlp.gate_proj", "sparse24"]
-    assert "emulate (reference numerics)" in gate and "16x8" in gate and gate.rstrip().endswith("4")
+    assert "emulate (reference numerics)" in gate and "16x8" in gate
+    assert gate.split()[6:] == ["4", "sr_ste,", "mask", "every", "1", "steps"]
     assert "connectors.image.0 " in table and "connectors.image.2 " in table  # other shapes
     assert "14 Linear modules swapped (bitnet: 2, sparse24: 12)" in lines[-1]
     assert format_kernel_table([]) == "kernels: none (every Linear is dense)"
