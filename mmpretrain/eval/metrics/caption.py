@@ -64,7 +64,7 @@ def ptb_tokenize(text: str) -> list[str]:
         while len(word) > 1 and word[0] in "'`" and not _CLITIC.match(word):
             out.append(word[0])  # an opening single quote
             word = word[1:]
-        if len(word) > 1 and word.endswith(".") and not _INITIALISM.match(word):
+        if word.endswith(".") and word.strip(".") and not _INITIALISM.match(word):
             tail.insert(0, ".")
             word = word[:-1]
         if len(word) > 1 and word.endswith("'") and not word.endswith("''"):
