@@ -80,7 +80,10 @@ class _Dedup:
             for segment in sample.segments:
                 if segment.is_media:
                     digest = bytes.fromhex(next(digests))[:16]
-                    if digest in self.media:
+                    # Synthesized speech repeats whenever the text does ("[Exeunt.]"): it is
+                    # not a crawled duplicate, and dropping it would drop the span's words.
+                    synthesized = "tts" in segment.meta
+                    if digest in self.media and not synthesized:
                         dropped += 1
                         continue
                     self.media.add(digest)
@@ -120,6 +123,9 @@ def _results(
         yield from map(work, items)
         return
     context = multiprocessing.get_context("forkserver")
+    # The fork server imports the heavy modules (torch comes with mmpretrain.data) once;
+    # every worker forks from it instead of importing them again.
+    context.set_forkserver_preload([materialize.__module__])
     with context.Pool(options.workers) as pool:
         yield from pool.imap(work, items, chunksize=8)
 

@@ -17,9 +17,9 @@ word. Sample metadata: ``spans``, ``spoken_spans``, ``voice``, ``tts_rate``, ``t
 the source name is ``tts-<corpus>`` (``tts-shakespeare``, ``tts-wiki`` for
 ``wiki.jsonl``).
 
-Synthesized clips that repeat (a refrain, a stage direction) are exact duplicates: the
-build drops them unless ``--keep-duplicate-media`` is given, which also keeps every
-document's words complete in ``replace`` mode.
+Synthesized clips that repeat (a refrain, a stage direction) are exact duplicates of each
+other, but not crawled duplicates: media deduplication leaves synthesized speech alone, so
+every document keeps all of its words.
 """
 
 from __future__ import annotations

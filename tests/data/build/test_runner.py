@@ -143,3 +143,19 @@ def test_index_counts_match_the_shards(tmp_path: Path) -> None:
     assert on_disk == index
     image = Image.open(io.BytesIO((tmp_path / "i0.jpg").read_bytes()))
     assert read_back(tmp_path / "out")[0].segments[0].image.size == image.size  # type: ignore[union-attr]
+
+
+@register_format("test-speak", "test only: one spoken sentence per line", "")
+def _parse_speak(options: BuildOptions) -> RecordStream:
+    """Each line becomes a record whose audio is synthesized from it."""
+    for n, line in enumerate(options.input.read_text().splitlines(), 1):
+        segment = RecordSegment("audio", speak=line, text=line)
+        yield SourceRecord(f"s/{n:06d}", f"{options.input.name}:{n}", (segment,), {"source": "test"})
+
+
+def test_synthesized_speech_is_never_dropped_as_duplicate(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Exeunt.\nExeunt.\n")  # identical text: identical clips
+    index = build("test-speak", tmp_path, input=lines)
+    assert index["samples"] == 2 and index["build"]["skipped"] == 0
+    assert [s.segments[0].text for s in read_back(tmp_path / "out")] == ["Exeunt.", "Exeunt."]
