@@ -33,7 +33,8 @@ def resolve_device(name: str) -> str:
 
 def eval_command(args: argparse.Namespace) -> int:
     """Run the evaluation; print one line per (task, shots) and the table; write the report."""
-    from mmpretrain.eval.engine import Evaluator, evaluate_task, stderr_progress
+    from mmpretrain.eval.engine import Evaluator
+    from mmpretrain.eval.evaluate import evaluate_task, stderr_progress
     from mmpretrain.eval.model_io import load_for_eval
     from mmpretrain.eval.report import markdown_table, result_entries, write_report
     from mmpretrain.eval.tasks import load_task

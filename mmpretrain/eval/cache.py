@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,13 +64,25 @@ class CacheStats:
 
 
 class MediaCache:
-    """Media features of one model by content hash."""
+    """Media features of one model by content hash, the ``max_entries`` most recently
+    used kept (the demonstrations of the current prefix are used at every batch, so they
+    stay; a task's thousands of query images do not pile up in device memory). With
+    ``reuse=False`` (the naive baseline) every :meth:`prepare` call encodes its items again."""
 
-    def __init__(self, model: MultimodalLM, processors: dict[str, Any], device: torch.device) -> None:
+    def __init__(
+        self,
+        model: MultimodalLM,
+        processors: dict[str, Any],
+        device: torch.device,
+        reuse: bool = True,
+        max_entries: int = 1024,
+    ) -> None:
         self.model = model
+        self.reuse = reuse
+        self.max_entries = max_entries
         self.processors = processors
         self.device = device
-        self.entries: dict[str, MediaEntry] = {}
+        self.entries: OrderedDict[str, MediaEntry] = OrderedDict()
         self.embeddings: dict[str, torch.Tensor] = {}
         self.stats = CacheStats()
 
@@ -101,8 +114,10 @@ class MediaCache:
         keys = [media_hash(s) for s in segments]
         todo: dict[str, DecodedSegment] = {}
         for key, segment in zip(keys, segments, strict=True):
-            if key in self.entries or key in todo:
+            if key in todo or (self.reuse and key in self.entries):
                 self.stats.media_hits += 1
+                if key in self.entries:
+                    self.entries.move_to_end(key)
             else:
                 todo[key] = segment
         if not todo:
@@ -120,7 +135,11 @@ class MediaCache:
                         f"{expected}: the encoder and connector configs disagree"
                     )
                 self.entries[key] = MediaEntry(modality, expected, projected[i, :expected].detach())
+                self.entries.move_to_end(key)
                 self.stats.media_encoded += 1
+        # evict the least recently used, never an item of this call (its features are about to be used)
+        while len(self.entries) > max(self.max_entries, len(set(keys))):
+            self.entries.popitem(last=False)
         return keys
 
     def entry(self, key: str) -> MediaEntry:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from mmpretrain.data.tokenizer import TextTokenizer
-from mmpretrain.eval.engine import Evaluator, ShotResult, evaluate_task
+from mmpretrain.eval.engine import Evaluator
+from mmpretrain.eval.evaluate import ShotResult, evaluate_task
 from mmpretrain.eval.model_io import EVAL_ATTENTION
 from mmpretrain.eval.types import TaskSpec
 from mmpretrain.model.build import media_processors

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.eval.engine import ShotResult
+from mmpretrain.eval.evaluate import ShotResult
 
 RESULTS_KEYS = (
     "task",

@@ -107,3 +107,20 @@ def test_eval_user_errors_exit_2(
     assert main(eval_argv(bare, demo_data, out)) == 2
     assert "no committed checkpoint" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_eval_saved_model_directory_matches_the_run(run_dir: Path, demo_data: Path, tmp_path: Path) -> None:
+    from mmpretrain.eval.model_io import load_for_eval
+
+    loaded = load_for_eval(run_dir)
+    saved = tmp_path / "saved"
+    loaded.model.save_pretrained(str(saved), loaded.model_config)
+    shutil.copytree(run_dir / "tokenizer", saved / "tokenizer")
+    outputs = []
+    for source in (run_dir, saved):
+        out = tmp_path / f"{source.name}.json"
+        assert main(eval_argv(source, demo_data, out, "--shots", "2")) == 0
+        lines = Path(str(out).replace(".json", ".predictions.jsonl")).read_text().splitlines()
+        outputs.append([json.loads(line)["prediction"] for line in lines])
+    assert outputs[0] == outputs[1]
+    assert json.loads((tmp_path / "saved.json").read_text())["results"][0]["checkpoint"] == str(saved)

@@ -12,7 +12,8 @@ from mmpretrain.config import load_config
 from mmpretrain.data.decoders import DecodedSegment
 from mmpretrain.data.layout import MediaDocument, MediaItem, MediaTokenIds, layout_batch
 from mmpretrain.data.tokenizer import TextTokenizer, train_bpe
-from mmpretrain.eval.engine import Evaluator, TokenRun, evaluate_task
+from mmpretrain.eval.engine import Evaluator, TokenRun
+from mmpretrain.eval.evaluate import evaluate_task
 from mmpretrain.eval.hook import evaluate_during_training
 from mmpretrain.eval.model_io import eval_model_config
 from mmpretrain.eval.types import EvalExample, PromptTemplate, TaskSpec
@@ -127,6 +128,10 @@ def test_media_features_are_cached_by_content(vlm, tokenizer) -> None:
     again = ev.encode([picture(7), "b"])  # a new object holding the same pixels
     assert ev.media.stats.media_encoded == 2 and ev.media.stats.media_hits == 1
     assert first.media[0][1] == again.media[0][1]
+    ev.media.max_entries = 2  # least recently used features are dropped; the newest call's never
+    ev.encode([picture(9)])
+    assert list(ev.media.entries) == [first.media[0][1], ev.encode([picture(9)]).media[0][1]]
+    assert len(ev.encode([picture(1), picture(2), picture(3)]).media) == 3 and len(ev.media.entries) == 3
 
 
 def test_audio_prompts_cache_equals_naive(tokenizer) -> None:

@@ -1,0 +1,232 @@
+"""Evaluate a task at k shots: choose demonstrations, build prompts, group queries by
+their demonstrations (one prefix each), score or generate with the :class:`Evaluator`,
+and score the predictions with the task's metric."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmpretrain.errors import UserError
+from mmpretrain.eval.engine import Evaluator
+from mmpretrain.eval.prompt import FewShotPrompt, RandomDemos, RicesDemos, build_prompt, has_images
+from mmpretrain.eval.types import EvalExample, TaskSpec
+
+
+@dataclass
+class ShotResult:
+    """One task at one shot count."""
+
+    task: str
+    shots: int
+    metric: str
+    score: float
+    n: int
+    seed: int
+    demos: str
+    """How demonstrations were chosen (``random``, ``rices``; ``none`` at 0 shots)."""
+    seconds: float
+    forward_tokens: int
+    prefix_runs: int
+    note: str = ""
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def queries_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The results-JSON entry (predictions left out: they go to their own file)."""
+        return {
+            "task": self.task,
+            "shots": self.shots,
+            "metric": self.metric,
+            "score": self.score,
+            "n": self.n,
+            "seed": self.seed,
+            "demos": self.demos,
+            "note": self.note,
+            "timing": {
+                "seconds": round(self.seconds, 4),
+                "queries_per_s": round(self.queries_per_s, 4),
+                "forward_tokens": self.forward_tokens,
+                "prefix_runs": self.prefix_runs,
+            },
+        }
+
+
+Progress = Callable[[int], None]
+
+
+def _image_embedder(evaluator: Evaluator) -> Callable[[Sequence[EvalExample]], list[torch.Tensor | None]]:
+    """RICES features of examples: the mean of their images' unit-norm encoder features."""
+
+    def embed(examples: Sequence[EvalExample]) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for start in range(0, len(examples), 256):
+            chunk = examples[start : start + 256]
+            images = [[s for s in e.media if s.kind == "image"] for e in chunk]
+            flat = evaluator.media.encoder_embeddings([s for row in images for s in row])
+            offset = 0
+            for row in images:
+                if not row:
+                    out.append(None)
+                    continue
+                vector = torch.stack(flat[offset : offset + len(row)]).mean(dim=0)
+                out.append(torch.nn.functional.normalize(vector, dim=0))
+                offset += len(row)
+            for example in chunk:  # lazily loaded media are decoded again if chosen as a demo
+                example.release()
+        return out
+
+    return embed
+
+
+def demo_selector(
+    evaluator: Evaluator, task: TaskSpec, mode: str, seed: int
+) -> tuple[RandomDemos | RicesDemos, str, str]:
+    """The demonstration selector for ``mode``, the mode actually used, and a note."""
+    pool = task.demos()
+    if mode == "rices":
+        if "image" not in evaluator.media.processors:
+            return RandomDemos(pool, seed), "random", "rices needs an image encoder: random demonstrations"
+        if not has_images(pool):
+            return (
+                RandomDemos(pool, seed),
+                "random",
+                "no images in the task: random demonstrations (rices ranks images)",
+            )
+        return RicesDemos(pool, _image_embedder(evaluator)), "rices", ""
+    if mode != "random":
+        raise UserError(f"--demos must be random or rices, got {mode!r}")
+    return RandomDemos(pool, seed), "random", ""
+
+
+def _grouped(prompts: Sequence[FewShotPrompt]) -> list[list[int]]:
+    """Query indices grouped by their demonstrations, groups in order of first appearance."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt.demo_ids, []).append(i)
+    return list(groups.values())
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate_task(
+    evaluator: Evaluator,
+    task: TaskSpec,
+    shots: int,
+    *,
+    limit: int | None = None,
+    demos: str = "random",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ShotResult:
+    """Evaluate ``task`` at ``shots`` demonstrations per query and score it."""
+    from mmpretrain.eval.metrics import score
+
+    started = time.perf_counter()
+    tokens_before, prefix_before = evaluator.counter.tokens, evaluator.media.stats.prefix_runs
+    queries = task.queries()[:limit] if limit is not None else task.queries()
+    if not queries:
+        raise UserError(f"task {task.name} has no queries to evaluate")
+    mode, note = "none", ""
+    prompts: list[FewShotPrompt] = []
+    if shots > 0:
+        selector, mode, note = demo_selector(evaluator, task, demos, seed)
+        prompts = [build_prompt(task, selector.select(q, shots), q) for q in queries]
+    else:
+        prompts = [build_prompt(task, [], q) for q in queries]
+    predictions: list[str] = [""] * len(queries)
+    choice_scores: list[list[float]] | None = [[] for _ in queries] if task.kind == "classify" else None
+    for group in _grouped(prompts):
+        step = max(1, evaluator.batch_size // max(1, len(queries[group[0]].choices or [1])))
+        for chunk in _chunks(group, step if task.kind == "classify" else evaluator.batch_size):
+            # cached: text and media come from the caches; naive: media encoded again per batch
+            prefix = evaluator.encode(prompts[chunk[0]].prefix)
+            contexts = [evaluator.encode(prompts[i].query) for i in chunk]
+            if task.kind == "classify":
+                assert choice_scores is not None
+                rows, owners = [], []
+                for i, context in zip(chunk, contexts, strict=True):
+                    choices = queries[i].choices
+                    if not choices:
+                        raise UserError(f"{task.name}: classification query {queries[i].id} has no choices")
+                    for choice in choices:
+                        rows.append((context, evaluator.text(task.template.continuation(choice))))
+                        owners.append(i)
+                for i, values in zip(owners, evaluator.loglikelihoods(prefix, rows), strict=True):
+                    choice_scores[i].append(float(values.sum()))
+                for i in chunk:
+                    choices = queries[i].choices or []
+                    best = max(range(len(choices)), key=lambda c: choice_scores[i][c])
+                    predictions[i] = choices[best]
+            else:
+                texts = evaluator.generate(prefix, contexts, task.max_new_tokens, task.template.stop)
+                for i, text in zip(chunk, texts, strict=True):
+                    predictions[i] = text
+            for i in chunk:
+                queries[i].release()
+            if progress is not None:
+                progress(len(chunk))
+    value = score(task.metric, predictions, queries, choice_scores)
+    records = []
+    for i, query in enumerate(queries):
+        record: dict[str, Any] = {"id": query.id, "prediction": predictions[i], "answers": query.answers}
+        if query.label is not None:
+            record["label"] = query.label
+        if choice_scores is not None:
+            record["choice_scores"] = dict(zip(query.choices or [], choice_scores[i], strict=True))
+        record["demos"] = list(prompts[i].demo_ids)
+        records.append(record)
+    return ShotResult(
+        task=task.name,
+        shots=shots,
+        metric=task.metric,
+        score=float(value),
+        n=len(queries),
+        seed=seed,
+        demos=mode,
+        seconds=time.perf_counter() - started,
+        forward_tokens=evaluator.counter.tokens - tokens_before,
+        prefix_runs=evaluator.media.stats.prefix_runs - prefix_before,
+        note=note,
+        predictions=records,
+    )
+
+
+def stderr_progress(total: int, label: str) -> tuple[Progress, Callable[[], None]]:
+    """A progress bar on a terminal (rich), else a line at each quarter; returns
+    ``(advance, close)``."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        bar.start()
+        handle = bar.add_task(label, total=total)
+        return (lambda n: bar.advance(handle, n)), bar.stop
+    state = {"done": 0, "next": max(1, total // 4)}
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        if state["done"] >= state["next"] or state["done"] == total:
+            print(f"{label}: {state['done']}/{total}", file=sys.stderr, flush=True)
+            state["next"] = state["done"] + max(1, total // 4)
+
+    return advance, lambda: None
