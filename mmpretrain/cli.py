@@ -85,16 +85,21 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
         from mmpretrain.media_tokenizer_cli import train_speech_units_command
 
         return train_speech_units_command(args.input, args.config, args.out, args.overwrite, args.vocab_size)
-    if args.kind != "bpe":
-        raise NotImplementedYetError(
-            f"`mmpt tokenizer train --kind {args.kind}` is not implemented yet "
-            "(planned in issue 'Discrete media tokenizers'); --kind bpe works"
-        )
+    if args.kind == "vq":
+        from mmpretrain.media_tokenizer_cli import train_vq_command
+
+        return train_vq_command(args.input, args.config, args.out, args.overwrite, args.vocab_size)
     if args.config is not None:
         raise UserError("--config is for --kind vq and speech_units; a bpe tokenizer takes --vocab-size")
     from mmpretrain.tokenizer_cli import train_bpe_command
 
     return train_bpe_command(args.input, args.vocab_size, args.out, overwrite=args.overwrite)
+
+
+def _cmd_tokenizer_decode(args: argparse.Namespace) -> int:
+    from mmpretrain.media_tokenizer_cli import decode_command
+
+    return decode_command(args.tokenizer_dir, args.ids, args.out)
 
 
 def _cmd_config_schema(args: argparse.Namespace) -> int:
@@ -292,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "  mmpt tokenizer train --input corpus.txt --vocab-size 4096 --out tok/\n"
             "  mmpt tokenizer train --input shakespeare --vocab-size 1024 --out tok-shakespeare/\n"
-            "  mmpt tokenizer train --kind vq --input 'runs/demo-data/*.tar' --out vq/\n"
+            "  mmpt tokenizer train --kind vq --config tokenizers/vq_tiny --input 'runs/demo-data/*.tar' "
+            "--out vq/\n"
             "  mmpt tokenizer train --kind speech_units --config tokenizers/speech_units_tiny "
             "--input 'runs/demo-data/*.tar' --out units/"
         ),
@@ -319,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         tok_sub,
         "decode",
         "decode discrete codes back to media for inspection",
-        "  mmpt tokenizer decode vq/ --ids codes.json --out image.png",
-        _not_implemented("mmpt tokenizer decode", "Discrete media tokenizers"),
+        "  mmpt tokenizer decode vq/ --ids vq/sample_codes.json --out image.png",
+        _cmd_tokenizer_decode,
         p,
     )
     tok_decode.add_argument("tokenizer_dir", help="trained tokenizer directory")

@@ -30,8 +30,6 @@ SUBCOMMANDS = [
 
 NOT_IMPLEMENTED = [
     ["export", "runs/x", "--to", "hf", "--out", "y"],
-    ["tokenizer", "train", "--kind", "vq", "--input", "x.txt", "--out", "tok"],
-    ["tokenizer", "decode", "tok", "--ids", "ids.json", "--out", "x.png"],
     ["plot", "runs/x"],
     ["train", "tiny", "--nproc", "2"],
 ]

@@ -23,12 +23,13 @@ from mmpretrain.data.data_config import DataConfig
 from mmpretrain.encoders.speech_units import SpeechUnitsConfig
 from mmpretrain.errors import ConfigError
 from mmpretrain.run_config import RunConfig
+from mmpretrain.vq_train import VqTrainConfig
 
 # Update when a config is added or removed under configs/ (the count is the point).
-EXPECTED_SHIPPED_CONFIGS = 16
+EXPECTED_SHIPPED_CONFIGS = 17
 
 # Schema of the shipped media tokenizer configs (configs/tokenizers/KIND_*.yaml), by kind.
-TOKENIZER_SCHEMAS: dict[str, type] = {"speech_units": SpeechUnitsConfig}
+TOKENIZER_SCHEMAS: dict[str, type] = {"speech_units": SpeechUnitsConfig, "vq": VqTrainConfig}
 
 MINIMAL = {"model": {"llm": {"name": "llama", "hidden_size": 32, "num_heads": 4}}}
 
