@@ -221,6 +221,36 @@ def test_cuda_backend_is_chosen_only_where_it_can_run() -> None:
     assert Int8Linear.backends == ("emulate",) and "cuda" in Fp8Linear.backends
 
 
+def scaled_mm_runs_on_cpu() -> bool:
+    try:
+        one = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        torch._scaled_mm(one, one.t(), scale_a=torch.tensor(1.0), scale_b=torch.tensor(1.0))
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not scaled_mm_runs_on_cpu(), reason="this torch has no CPU torch._scaled_mm")
+@pytest.mark.parametrize("scaling", ["tensorwise", "rowwise"])
+def test_the_scaled_mm_calls_of_the_cuda_path_match_emulation(scaling: str) -> None:
+    """The cuda backend's torch._scaled_mm calls (operand layouts, scale shapes, padding to
+    multiples of 16), run through torch's CPU implementation: the same numbers as emulation
+    (rowwise returns bf16, as CUDA's row-wise kernel does)."""
+    linear, layer = build("fp8" if scaling == "tensorwise" else "fp8_rowwise")
+    x = torch.randn(37, 96, requires_grad=True)  # 37 rows: padded to 48 for _scaled_mm
+    grad_out = torch.randn(37, 80)
+    outputs = []
+    for backend in ("emulate", "cuda"):
+        layer.backend = backend  # force the path; select_backend would pick emulate on a CPU
+        x.grad = linear.weight.grad = None
+        out = layer(x)
+        out.backward(grad_out)
+        outputs.append((out.detach(), x.grad.clone(), linear.weight.grad.clone()))
+    tolerance = 0.0 if scaling == "tensorwise" else 4e-3  # bf16 rounding of rowwise outputs
+    for emulated, real in zip(*outputs, strict=True):
+        assert relative(real, emulated) <= tolerance
+
+
 @pytest.mark.gpu
 @GPU
 @pytest.mark.parametrize("scaling", ["tensorwise", "rowwise"])
