@@ -151,6 +151,10 @@ class VectorQuantizer(nn.Module):
     was set from data yet. Updates happen only in training mode.
     """
 
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, cfg: VqConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -65,8 +65,8 @@ def train_vq_command(
     path = resolve_config_path(config or VQ_DEFAULT_CONFIG)
     data = load_yaml_with_bases(path)
     if vocab_size is not None:
-        model = data.get("model") if isinstance(data.get("model"), dict) else {}
-        data["model"] = {**model, "codebook_size": vocab_size}
+        model = data.get("model")
+        data["model"] = {**(model if isinstance(model, dict) else {}), "codebook_size": vocab_size}
     cfg = validate_config(VqTrainConfig, data, str(path))
     expand_shards(shards)  # a pattern that matches nothing fails before any work
     directory = Path(out)

@@ -198,6 +198,7 @@ def train_vq(cfg: VqTrainConfig, shards: str, out: Path, log: Callable[[str], No
     torch.manual_seed(cfg.train.seed)
     tokenizer = VqTokenizer(cfg.model)
     model: VqVae = tokenizer.model
+    log(f"vq: reading up to {cfg.data.max_images} images from {shards}")
     images, skipped = read_images(shards, tokenizer, cfg.data.max_images)
     heldout_pattern = cfg.data.heldout or default_heldout(shards)
     if heldout_pattern is not None:

@@ -86,7 +86,7 @@ def test_encode_and_decode_reject_bad_input() -> None:
     with pytest.raises(UserError, match=r"integers in \[0, 16\); got 16"):
         tokenizer.decode([0] * 15 + [16])
     with pytest.raises(UserError, match=r"got 1\.0"):
-        tokenizer.decode([0] * 15 + [1.0])  # type: ignore[list-item]
+        tokenizer.decode([0] * 15 + [1.0])
 
 
 def test_config_rejects_a_grid_that_does_not_divide() -> None:
