@@ -79,6 +79,9 @@ class Evaluator:
             model, processors, self.device, reuse=prefix_cache if media_cache is None else media_cache
         )
         self.media_ids = MediaTokenIds.from_tokenizer(tokenizer)
+        # a generation ends at EOS or where the model starts a media item (the next demonstration)
+        ids = self.media_ids
+        self.stop_ids = {tokenizer.eos_id, *ids.begin.values(), *ids.placeholder.values(), *ids.end.values()}
         self.counter = ForwardCounter()
         self._prefix: tuple[TokenRun, PrefixCache] | None = None
         self._text_cache: dict[str, tuple[int, ...]] = {}
@@ -259,7 +262,7 @@ class Evaluator:
         stop: Sequence[str] = ("\n",),
     ) -> list[str]:
         """Greedy continuations of ``prefix + query`` (KV cache), cut at the first stop
-        string or EOS, stripped."""
+        string, EOS or media token (the model starting another demonstration), stripped."""
         texts: list[str] = []
         for start in range(0, len(queries), self.batch_size):
             ids = self._generate_ids(prefix, queries[start : start + self.batch_size], max_new_tokens, stop)
@@ -267,8 +270,9 @@ class Evaluator:
         return texts
 
     def _finish(self, ids: list[int], stop: Sequence[str]) -> str:
-        if self.tokenizer.eos_id in ids:
-            ids = ids[: ids.index(self.tokenizer.eos_id)]
+        ends = [i for i, token in enumerate(ids) if token in self.stop_ids]
+        if ends:
+            ids = ids[: ends[0]]
         text = self.tokenizer.decode(ids)
         for s in stop:
             if s and s in text:
@@ -303,7 +307,7 @@ class Evaluator:
                 if done[row]:
                     continue
                 generated[row].append(token)
-                if token == self.tokenizer.eos_id or any(
+                if token in self.stop_ids or any(
                     s in self.tokenizer.decode(generated[row]) for s in stop if s
                 ):
                     done[row] = True

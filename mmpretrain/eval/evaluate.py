@@ -132,6 +132,7 @@ def evaluate_task(
 ) -> ShotResult:
     """Evaluate ``task`` at ``shots`` demonstrations per query and score it."""
     from mmpretrain.eval.metrics import score
+    from mmpretrain.eval.metrics.vqa import postprocess_vqa_generation
 
     started = time.perf_counter()
     tokens_before, prefix_before = evaluator.counter.tokens, evaluator.media.stats.prefix_runs
@@ -146,6 +147,7 @@ def evaluate_task(
     else:
         prompts = [build_prompt(task, [], q) for q in queries]
     predictions: list[str] = [""] * len(queries)
+    vqa = task.metric == "vqa_accuracy"
     choice_scores: list[list[float]] | None = [[] for _ in queries] if task.kind == "classify" else None
     for group in _grouped(prompts):
         step = max(1, evaluator.batch_size // max(1, len(queries[group[0]].choices or [1])))
@@ -171,8 +173,8 @@ def evaluate_task(
                     predictions[i] = choices[best]
             else:
                 texts = evaluator.generate(prefix, contexts, task.max_new_tokens, task.template.stop)
-                for i, text in zip(chunk, texts, strict=True):
-                    predictions[i] = text
+                for i, text in zip(chunk, texts, strict=True):  # VQA: OpenFlamingo's answer cut
+                    predictions[i] = postprocess_vqa_generation(text) if vqa else text
             for i in chunk:
                 queries[i].release()
             if progress is not None:

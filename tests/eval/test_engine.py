@@ -211,3 +211,12 @@ def test_training_hook_restores_the_model(tokenizer) -> None:
     assert [r.shots for r in full] == [0, 2]
     assert model.training and model.llm.config._attn_implementation == "mmpt_chunked"
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_generation_ends_at_eos_stop_strings_and_media_tokens(vlm, tokenizer) -> None:
+    model, processors, _ = vlm
+    ev = Evaluator(model, tokenizer, processors)
+    words = tokenizer.encode(" 3 red")
+    assert ev._finish([*words, tokenizer.image_start_id, *words], stop=()) == "3 red"
+    assert ev._finish([*words, tokenizer.eos_id, *words], stop=()) == "3 red"
+    assert ev._finish(tokenizer.encode(" 3\nQuestion"), stop=("\n",)) == "3"
