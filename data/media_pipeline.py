@@ -32,6 +32,7 @@ from mmpretrain.data.layout import (
     layout_batch,
 )
 from mmpretrain.data.media_packing import MediaPacker, PackBudget
+from mmpretrain.data.media_vocab import MediaCodes
 from mmpretrain.data.mixing import MixedReader, MixSourceConfig, MixState, check_mix
 from mmpretrain.data.packing import PackerState
 from mmpretrain.data.reader import ReaderConfig, ReaderState, ShardReader
@@ -122,6 +123,9 @@ class MediaDataConfig(ConfigModel):
     """At most this much audio in one packed sequence (None: no limit)."""
     loss_on_text_before_first_media: bool = True
     """False: no loss on a document's text before its first media item (e.g. a prompt)."""
+    loss_on_media_codes: bool = True
+    """Early fusion (model.media_tokenizers): train on predicting the media code tokens
+    and their begin/end markers (False: the model reads them without loss on them)."""
 
     @model_validator(mode="after")
     def _one_reader(self) -> MediaDataConfig:
@@ -162,16 +166,46 @@ class MediaStreamState:
         return cls(reader, int(data["round_start"]), int(data["emitted"]))
 
 
+@dataclass(frozen=True)
+class DocumentLoss:
+    """Loss rules a document applies itself (early fusion: code runs look like text to
+    the layout, so it cannot tell text before the first media item)."""
+
+    text_before_first_media: bool = True
+    media_codes: bool = True
+
+
 def to_media_document(
-    sample: DecodedSample, tokenizer: TextTokenizer, processors: dict[str, MediaProcessor]
+    sample: DecodedSample,
+    tokenizer: TextTokenizer,
+    processors: dict[str, MediaProcessor],
+    codes: MediaCodes | None = None,
+    loss: DocumentLoss | None = None,
 ) -> MediaDocument:
     """Tokenize text (EOS at the end), preprocess media; audio transcripts stay out of
-    the token stream (a paired text segment carries them when the data wants them)."""
+    the token stream (a paired text segment carries them when the data wants them).
+
+    A modality that ``codes`` handles (early fusion) becomes text-like tokens
+    ``[begin] + codes + [end]``, without loss when ``loss.media_codes`` is False. With
+    ``loss`` given, text before the first media item or code run is wrapped in
+    :class:`NoLossTokens` here when ``loss.text_before_first_media`` is False (the layout
+    then gets ``LossMask()``, since it only sees media items).
+    """
     parts: list[Part] = []
+    seen_media = False
     for segment in sample.segments:
         if segment.kind == "text":
             tokens = tokenizer.encode(segment.text or "")
-            parts.append(tokens if segment.loss else NoLossTokens(tokens))
+            masked = loss is not None and not loss.text_before_first_media and not seen_media
+            parts.append(tokens if segment.loss and not masked else NoLossTokens(tokens))
+            continue
+        seen_media = True
+        if codes is not None and codes.handles(segment.kind):
+            try:
+                run = codes.token_ids(segment)
+            except ValueError as exc:
+                raise DataFormatError(f"sample {sample.key!r} ({sample.shard}): {exc}") from None
+            parts.append(run if loss is None or loss.media_codes else NoLossTokens(run))
             continue
         processor = processors.get(segment.kind)
         if processor is None:
@@ -200,6 +234,7 @@ class MediaBatchStream:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        codes: MediaCodes | None = None,
     ) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -214,6 +249,12 @@ class MediaBatchStream:
         budget = PackBudget(cfg.max_images_per_pack, cfg.max_audio_seconds_per_pack)
         self.packer = MediaPacker(seq_len=seq_len, budget=budget, buffer_docs=cfg.buffer_docs, seed=seed)
         self.loss_mask = LossMask(cfg.loss_on_text_before_first_media)
+        self.codes = codes
+        # early fusion: documents apply the loss rules themselves (code runs are text to the layout)
+        self.document_loss = (
+            DocumentLoss(cfg.loss_on_text_before_first_media, cfg.loss_on_media_codes) if codes else None
+        )
+        self.layout_loss = LossMask() if codes else self.loss_mask
         self.ids = MediaTokenIds.from_tokenizer(tokenizer)
         # Documents whose media the model has no encoder for are skipped by design (a speech
         # LM on mixed shards); unpackable ones (an item longer than seq_len, ...) too, but if
@@ -259,7 +300,9 @@ class MediaBatchStream:
         marks[number] = state or self.reader.initial_state()
         for sample, after in self._reader_samples(state):
             try:
-                document = to_media_document(sample, self.tokenizer, self.processors)
+                document = to_media_document(
+                    sample, self.tokenizer, self.processors, self.codes, self.document_loss
+                )
             except KeyError as missing:
                 self.skips.skip("no_processor", f"{sample.shard}:{sample.key}", f"no processor for {missing}")
                 continue
@@ -287,6 +330,6 @@ class MediaBatchStream:
             for stale in [n for n in marks if n < after.round_start]:
                 del marks[stale]
             if len(rows) == self.batch_size:
-                batch = layout_batch(rows, self.seq_len, self.tokenizer.pad_id, self.ids, self.loss_mask)
+                batch = layout_batch(rows, self.seq_len, self.tokenizer.pad_id, self.ids, self.layout_loss)
                 rows = []
                 yield batch, MediaStreamState(marks[after.round_start], after.round_start, after.emitted)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.data.build.media_codes import add_codes_to_dataset, media_tokenizer_dirs
 from mmpretrain.data.build.options import DEFAULT_MAX_IMAGE_SIDE, BuildOptions
 from mmpretrain.errors import UserError
 
@@ -72,6 +73,14 @@ def add_build_arguments(build: argparse.ArgumentParser) -> None:
         choices=("replace", "accompany"),
         default="replace",
         help="tts-interleaved: speech replaces the span's text, or is followed by it (default replace)",
+    )
+    add(
+        "--tokenize-media",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="store this media tokenizer's codes in every image/audio segment for early fusion "
+        "(a `mmpt tokenizer train --kind vq|speech_units` directory; repeatable, one per modality)",
     )
     add("--samples", type=int, default=600, help="demo: number of samples (default 600)")
     add("--shards", type=int, default=4, help="demo: number of shards (default 4)")
@@ -136,6 +145,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         tts_ratio=args.tts_ratio,
         tts_span_words=args.tts_span_words,
         tts_mode=args.tts_mode,
+        tokenize_media=tuple(sorted(media_tokenizer_dirs(args.tokenize_media).items())),
     )
 
 
@@ -181,8 +191,10 @@ def data_build_command(args: argparse.Namespace) -> int:
     from mmpretrain.data.demo_data import build_demo_dataset
 
     started = time.perf_counter()
+    tokenizers = media_tokenizer_dirs(args.tokenize_media)  # checked before drawing anything
     index = build_demo_dataset(out, samples=args.samples, shards=args.shards, seed=args.seed)
     seconds = time.perf_counter() - started
+    coded = add_codes_to_dataset(out, tokenizers)["segments"] if tokenizers else {}
     kinds = ", ".join(f"{kind} {n}" for kind, n in index["kinds"].items())
     heldout = index["heldout"]
     print(
@@ -195,6 +207,11 @@ def data_build_command(args: argparse.Namespace) -> int:
         "(no training scene in it)\n"
         f"  index: {out / 'index.json'}"
     )
+    if coded:
+        stored = ", ".join(f"{kind} {n} ({tokenizers[kind]})" for kind, n in coded.items())
+        print(
+            f"  media codes stored (early fusion): {stored}, {time.perf_counter() - started - seconds:.1f} s"
+        )
     return 0
 
 

@@ -6,6 +6,8 @@ picklable arguments and touches no shared state. Images are decoded once, EXIF-r
 converted to RGB and shrunk to ``max_image_side`` (JPEG files decode straight at the
 reduced size); files that need no change keep their original bytes. Audio is mixed to
 mono, resampled to 16 kHz and stored as 16-bit FLAC; ``speak`` segments are synthesized.
+With ``--tokenize-media`` a media segment also gets its media tokenizer's codes in
+``meta["codes"]`` (see :mod:`.media_codes`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from PIL import Image
 
 from mmpretrain.data.decoders import DecodeError, _exif_transposed, _pil_header_only, _pil_message, _to_rgb
 from mmpretrain.data.demo_speech import SAMPLE_RATE, flac_bytes, resample
+from mmpretrain.data.media_vocab import STORED_CODES_KEY
 from mmpretrain.data.types import Sample, Segment
 
+from .media_codes import codes_meta
 from .options import BuildOptions
 from .records import RecordSegment, RecordSkip, SourceRecord
 
@@ -155,6 +159,10 @@ def _media_segment(segment: RecordSegment, index: int, options: BuildOptions) ->
             raise _Skip(exc.reason, f"{segment.path or 'audio'}: {exc}") from None
         ext = "flac"
         meta.update(seconds=round(seconds, 3), sample_rate=SAMPLE_RATE)
+    if options.tokenize_media:  # early fusion: the tokenizer's codes, computed once here
+        stored = codes_meta(segment.kind, data, dict(options.tokenize_media))
+        if stored is not None:
+            meta[STORED_CODES_KEY] = stored
     digest = hashlib.sha256(data).hexdigest()
     built = Segment(segment.kind, text=segment.text, data=data, meta=meta, member=f"{index}.{ext}")
     return built, digest

@@ -29,6 +29,9 @@ class BuildOptions:
     (MMC4: drop images whose ``matched_sim`` is lower), ``splits`` (Karpathy: keep these
     splits), ``text_field`` (JSONL/Parquet text column), ``voice``/``tts_rate``/
     ``tts_ratio``/``tts_span_words``/``tts_mode`` (tts-interleaved).
+
+    Early fusion: ``tokenize_media`` pairs (modality, media tokenizer directory) whose codes
+    are stored in each media segment's ``meta["codes"]`` (``--tokenize-media DIR``).
     """
 
     input: Path
@@ -56,6 +59,7 @@ class BuildOptions:
     tts_ratio: float = 0.5
     tts_span_words: int = 12
     tts_mode: str = "replace"
+    tokenize_media: tuple[tuple[str, str], ...] = ()
 
     def media_root(self, kind: str) -> Path:
         """The directory relative media paths of ``kind`` are resolved against."""

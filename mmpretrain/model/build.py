@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from mmpretrain.data.decoders import DecodedSegment
+from mmpretrain.data.media_vocab import MediaVocabulary
 from mmpretrain.kernels.apply import apply_kernels
 from mmpretrain.model.config import ModelConfig
+from mmpretrain.model.extend_vocab import resize_vocabulary, text_rows
 from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.registry import CONNECTORS, ENCODERS, LLMS
 
@@ -23,11 +25,13 @@ def _trainable_flag(cfg: ModelConfig, part: str) -> bool:
     return cfg.trainable.get(part.split(".", 1)[0], True)
 
 
-def build_model(cfg: ModelConfig) -> MultimodalLM:
+def build_model(cfg: ModelConfig, vocab: MediaVocabulary | None = None) -> MultimodalLM:
     """Build the LLM, encoders and connectors, apply `trainable`, the kernel rules
     (`kernel_rows(model)` gives their table) and activation checkpointing. Random init
-    unless a part names `pretrained` weights."""
-    llm: Any = LLMS.build(cfg.llm)
+    unless a part names `pretrained` weights. With an early-fusion ``vocab`` the LLM has
+    ``vocab.total_size`` token rows: set at random init, or a `pretrained` text LLM is
+    resized (its text rows kept, the code rows at their mean)."""
+    llm: Any = _build_llm(cfg, vocab)
     encoders = {name: ENCODERS.build(encoder_cfg) for name, encoder_cfg in sorted(cfg.encoders.items())}
     hidden = llm.get_input_embeddings().embedding_dim
     connectors = {}
@@ -50,6 +54,17 @@ def build_model(cfg: ModelConfig) -> MultimodalLM:
             if any(p.requires_grad for p in encoder.parameters()):
                 enable_encoder_checkpointing(encoder)
     return model
+
+
+def _build_llm(cfg: ModelConfig, vocab: MediaVocabulary | None) -> Any:
+    if vocab is None:
+        return LLMS.build(cfg.llm)
+    if getattr(cfg.llm, "pretrained", None) is None:
+        return LLMS.build(cfg.llm.model_copy(update={"vocab_size": vocab.total_size}))
+    llm = LLMS.build(cfg.llm)
+    rows = llm.get_input_embeddings().num_embeddings
+    resize_vocabulary(llm, text_rows(vocab.text_size, rows, vocab.total_size))
+    return llm
 
 
 def _checkpoint_transformers_model(model: Any) -> None:

@@ -29,6 +29,12 @@ class ModelConfig(ConfigModel):
     Frozen parts get no optimizer state and run under no_grad."""
     activation_checkpointing: bool = False
     """Recompute LLM (and trainable encoder) activations in the backward pass to save memory."""
+    media_tokenizers: dict[str, Annotated[ComponentConfig, FromRegistry("tokenizers")]] = Field(
+        default_factory=dict
+    )
+    """Early fusion: a discrete media tokenizer per modality (`image: {name: vq, path: DIR}`,
+    `audio: {name: speech_units, path: DIR}`) whose codes join the LLM vocabulary as text-like
+    tokens; a modality uses either this or an encoder + connector."""
     kernels: list[KernelRule] = Field(default_factory=list)
     """Sparse / low-precision Linear kinds by module-name rules, first match wins:
     `[{match: "llm.*.mlp.*", kind: sparse24, ...}]` (`mmpt list kernels`; README "Kernels").
@@ -45,4 +51,28 @@ class ModelConfig(ConfigModel):
         bad = sorted(set(self.connectors) - {"image", "audio"})
         if bad:
             raise ValueError(f"connectors are keyed by modality (image, audio), not {bad}")
+        _check_media_tokenizers(self)
         return self
+
+
+def _check_media_tokenizers(cfg: ModelConfig) -> None:
+    """Media tokenizers are keyed by modality, are not text tokenizers, and take a modality
+    that no encoder + connector serves."""
+    from mmpretrain.data.tokenizer import BpeTokenizerConfig
+
+    bad = sorted(set(cfg.media_tokenizers) - {"image", "audio"})
+    if bad:
+        raise ValueError(f"media_tokenizers are keyed by modality (image, audio), not {bad}")
+    for modality, tokenizer in sorted(cfg.media_tokenizers.items()):
+        if isinstance(tokenizer, BpeTokenizerConfig):
+            raise ValueError(
+                f"media_tokenizers.{modality}: bpe is a text tokenizer (set it as data.tokenizer); "
+                "use a media tokenizer: vq (images) or speech_units (audio)"
+            )
+        encoders = sorted(n for n, e in cfg.encoders.items() if e.modality() == modality)  # type: ignore[attr-defined]
+        if encoders or modality in cfg.connectors:
+            where = f"model.encoders.{encoders[0]}" if encoders else f"model.connectors.{modality}"
+            raise ValueError(
+                f"{modality} has both a media tokenizer (media_tokenizers.{modality}) and {where}: "
+                "use either early fusion or an encoder + connector per modality"
+            )

@@ -42,6 +42,13 @@ class TrainConfig(ConfigModel):
     optimizer step (counted, up to max_nan_skips)."""
     max_nan_skips: int = Field(10, ge=0)
     """nan_policy=skip: stop after this many skipped steps."""
+    init_from: str | None = None
+    """Start from the model weights of this checkpoint or run directory (its newest
+    committed checkpoint) instead of the init: no optimizer state, step 0, data from the
+    start. Token rows map by id: text rows are kept and media code rows are kept where the
+    checkpoint has the same media tokenizer, others start at the mean of the kept rows, so a
+    text-only run extends to early fusion. A bpe data.tokenizer without path reuses that
+    run's tokenizer. Not read when the run resumes from a checkpoint of its own."""
 
 
 class OptimConfig(ConfigModel):

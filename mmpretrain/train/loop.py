@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmpretrain.data.media_vocab import MediaVocabulary
 from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.data.types import PackedBatch
 from mmpretrain.errors import ConfigError, NotImplementedYetError, UserError
@@ -22,7 +23,9 @@ from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.model.packed import token_loss_sum
 from mmpretrain.run_config import RunConfig
 from mmpretrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from mmpretrain.train.data_setup import batch_stream, tokenizer_for_run
+from mmpretrain.train.data_setup import batch_stream, media_codes_for_run, tokenizer_for_run
+from mmpretrain.train.init_from import init_model_from, resolve_init_checkpoint, run_dir_of
+from mmpretrain.train.media_loss import MediaLossMeter
 from mmpretrain.train.metrics import MetricsLogger, truncate_metrics
 from mmpretrain.train.optim import build_optimizer
 from mmpretrain.train.run_dir import check_resume_config, config_hash, prepare_run_dir, record_run
@@ -81,15 +84,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_checked_model(cfg: RunConfig, tokenizer: TextTokenizer) -> MultimodalLM:
-    """The model of ``cfg``, checked against the tokenizer's vocabulary."""
+def build_checked_model(
+    cfg: RunConfig, tokenizer: TextTokenizer, vocab: MediaVocabulary | None = None
+) -> MultimodalLM:
+    """The model of ``cfg``, checked against the tokenizer's vocabulary (with an
+    early-fusion ``vocab``, sized to it)."""
     llm_cfg: Any = cfg.model.llm
-    if llm_cfg.pretrained is None and llm_cfg.vocab_size < tokenizer.vocab_size:
+    if vocab is None and llm_cfg.pretrained is None and llm_cfg.vocab_size < tokenizer.vocab_size:
         raise ConfigError(
             f"model.llm.vocab_size {llm_cfg.vocab_size} is smaller than the tokenizer's "
             f"{tokenizer.vocab_size} tokens: set model.llm.vocab_size >= {tokenizer.vocab_size}"
         )
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, vocab)
     embeddings = model.llm.get_input_embeddings().num_embeddings  # type: ignore[operator]
     if embeddings < tokenizer.vocab_size:
         raise ConfigError(
@@ -123,8 +129,11 @@ def train(
     stage_keys = check_resume_config(run_dir, cfg) if resume else []
     record_run(run_dir, cfg, argv)
     seed_everything(cfg.train.seed)
-    tokenizer = tokenizer_for_run(cfg.data, run_dir)
-    model = build_checked_model(cfg, tokenizer)
+    init = resolve_init_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+    tokenizer = tokenizer_for_run(cfg.data, run_dir, init_run_dir=run_dir_of(init) if init else None)
+    codes = media_codes_for_run(cfg.model, tokenizer, run_dir)  # early fusion: media tokenizers + ids
+    vocab = codes.vocab if codes is not None else None
+    model = build_checked_model(cfg, tokenizer, vocab)
     model.train()
     optimizer = build_optimizer(model, cfg.optim)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -141,6 +150,8 @@ def train(
         )
         saved_sources = saved.get("sources")
         truncate_metrics(run_dir, step)
+    elif init is not None:
+        print(init_model_from(init, model, vocab), flush=True)
     start_step = step
     mix = cfg.data.shards.mix if cfg.data.shards is not None else []
     sources = SourceCounters.start([source.name for source in mix], saved_sources)
@@ -152,7 +163,9 @@ def train(
         cfg.train.batch_size,
         cfg.train.seed,
         saved_data,
+        codes,
     )
+    media_loss = MediaLossMeter(vocab) if vocab is not None else None
     data_state: Any = None
     forward_model = torch.compile(model) if cfg.train.compile else model
     end_step = cfg.train.max_steps
@@ -171,6 +184,7 @@ def train(
             "data": data_state.as_dict(),
             "sources": {"docs": sources.docs, "tokens": sources.tokens},
             "config_hash": config_hash(cfg),
+            **({"media_vocab": vocab.as_dict()} if vocab is not None else {}),
         }
         return save_checkpoint(run_dir, step, model, optimizer, state, cfg.train.keep_last)
 
@@ -197,6 +211,8 @@ def train(
                 with autocast:
                     logits = forward_model(batch)
                 loss_sum, _ = token_loss_sum(logits, batch.labels)
+                if media_loss is not None:
+                    media_loss.add(step, logits, batch.labels, loss_sum)
                 (loss_sum / label_tokens).backward()
                 loss_sum_total += loss_sum.item()
             loss = loss_sum_total / label_tokens
@@ -241,6 +257,7 @@ def train(
                         "packing_efficiency": step_tokens / slots,
                         "nan_skips": nan_skips,
                         **sources.metrics(),
+                        **(media_loss.metrics() if media_loss is not None else {}),
                     }
                 )
                 window_start, window_tokens = time.perf_counter(), 0
