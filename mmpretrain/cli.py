@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from mmpretrain import __version__, data_cli
+from mmpretrain import __version__, data_cli, export_cli
 from mmpretrain.errors import NotImplementedYetError, UserError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -63,6 +63,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mmpretrain.eval_cli import eval_command
 
     return eval_command(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    return export_cli.export_command(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -270,13 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "export",
         "export a checkpoint for transformers or as safetensors",
-        ("  mmpt export runs/tiny --to hf --out exported/tiny"),
-        _not_implemented("mmpt export", "Export and import"),
+        (
+            "  mmpt export runs/tiny --to hf --out exported/tiny\n"
+            "  mmpt export runs/vlm --to hf --out exported/vlm-llava --dtype bfloat16\n"
+            "  mmpt export runs/omni/checkpoints/step_0000600 --to safetensors --out exported/omni "
+            "--max-shard-size 2GB"
+        ),
+        _cmd_export,
         p,
     )
-    export.add_argument("checkpoint", help="run directory or checkpoint directory")
-    export.add_argument("--to", choices=["hf", "safetensors"], required=True, help="target format")
-    export.add_argument("--out", required=True, help="output directory")
+    export_cli.add_export_arguments(export)
 
     listing = _add(
         sub,

@@ -29,7 +29,6 @@ SUBCOMMANDS = [
 ]
 
 NOT_IMPLEMENTED = [
-    ["export", "runs/x", "--to", "hf", "--out", "y"],
     ["plot", "runs/x"],
     ["train", "tiny", "--nproc", "2"],
 ]

@@ -19,6 +19,7 @@ MAPPED_PACKAGES = {
     "mmpretrain.eval": "mmpretrain/eval",
     "mmpretrain.eval.metrics": "mmpretrain/eval/metrics",
     "mmpretrain.eval.tasks": "mmpretrain/eval/tasks",
+    "mmpretrain.export": "mmpretrain/export",
     "mmpretrain.encoders": "encoders",
     "mmpretrain.connectors": "connectors",
     "mmpretrain.data": "data",
