@@ -11,8 +11,10 @@ tokens: placeholder ``<audio>``, begin ``<audio_start>``, end ``<audio_end>``. I
 ``<audio>`` to ``_get_feat_extract_output_lengths(valid frames)`` copies, our token count,
 and the chat template writes each clip as ``<audio_start><audio><audio_end>``, so a prompt
 gives our token ids. Its features are the extractor's window-padded log-mel, of which the
-valid frames are ours bit for bit (the frames past them feed only the last output token
-through the stride-2 convolutions, see ``encoders/hf_whisper.py``).
+valid frames are ours bit for bit; on the same features the logits are ours. For a clip
+shorter than the window the extractor's two frames past the clip still hold its STFT tail
+where our encoder puts silence (``encoders/hf_whisper.py``): they enter the stride-2
+convolutions at the clip's end and move the logits by about 1e-3.
 """
 
 from __future__ import annotations

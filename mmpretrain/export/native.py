@@ -3,7 +3,9 @@
 The directory holds what :meth:`MultimodalLM.from_pretrained` loads (``model_config.yaml``
 and safetensors weights: one ``model.safetensors``, or shards with an index over
 ``--max-shard-size``), plus the run's ``config.yaml``, its tokenizer in ``tokenizer/``, a
-model card ``README.md`` and ``export.json`` (source checkpoint, step, tokens, dtype).
+model card ``README.md`` and ``export.json`` (source checkpoint, step, tokens, dtype); an
+early-fusion run's ``media_vocab.json`` (its token-id layout) is copied too, while its
+media tokenizers stay where ``model.media_tokenizers`` points.
 
 Kernel-layer state (2:4 and unstructured masks, quantization scales, BitNet's transition
 value) is saved with the weights as the state dict holds it, so the loaded model computes
@@ -28,6 +30,7 @@ from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.model.pretrained import CONFIG_FILE, save_state
 
 EXPORT_FILE = "export.json"
+MEDIA_VOCAB = "media_vocab.json"
 FORMAT_VERSION = 1
 
 
@@ -58,6 +61,8 @@ def export_native(
     (out / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
     if source.run_config is not None:
         (out / "config.yaml").write_text(dump_config(source.run_config), encoding="utf-8")
+    if source.run_dir is not None and (source.run_dir / MEDIA_VOCAB).is_file():  # early fusion's id layout
+        shutil.copyfile(source.run_dir / MEDIA_VOCAB, out / MEDIA_VOCAB)
     if source.tokenizer is not None:
         tokenizer_dir = out / "tokenizer"
         shutil.rmtree(tokenizer_dir, ignore_errors=True)

@@ -19,6 +19,7 @@ from export_helpers import (
 )
 
 from mmpretrain.data.tokenizer import TextTokenizer
+from mmpretrain.export.importer import import_hf_model
 from mmpretrain.export.mapping import UnmappableError, plan_hf_export
 
 TEXT = "the red circle is a small shape."
@@ -58,6 +59,10 @@ def test_text_model_exports_to_its_causal_lm(
     assert generation["eos_token_id"] == tokenizer.eos_id and generation["pad_token_id"] == tokenizer.pad_id
     config_json = json.loads((tmp_path / "config.json").read_text())
     assert "mmpt_attn_chunk" not in config_json and config_json["use_cache"] is True
+    imported = import_hf_model(tmp_path)  # and back: the same architecture and tensors
+    assert imported.config.llm.name == cfg.llm.name and imported.config.llm.pretrained is None
+    back = imported.model.state_dict()
+    assert all(torch.equal(tensor, back[name]) for name, tensor in model.state_dict().items())
 
 
 def test_dtype_and_sharding(tokenizer: TextTokenizer, tmp_path: Path) -> None:
