@@ -119,17 +119,21 @@ def batch_stream(
     seed: int,
     state: dict[str, Any] | None,
     codes: MediaCodes | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[PackedBatch, StreamState]]:
-    """This rank's endless ``(batch, state_after_batch)`` stream, resumed at ``state``
-    (the JSON form saved in a checkpoint); media of the modalities in ``codes`` become
-    code tokens (early fusion)."""
+    """The endless ``(batch, state_after_batch)`` stream of ``rank`` of ``world_size``,
+    resumed at ``state`` (the JSON form saved in a checkpoint); media of the modalities in
+    ``codes`` become code tokens (early fusion)."""
     if cfg.shards is not None:
         if not processors and codes is None:
             raise ConfigError(
                 "data.shards holds media but the model has no encoders and no media tokenizers: "
                 "add model.encoders (+ connectors) or model.media_tokenizers"
             )
-        media = MediaBatchStream(cfg.shards, tokenizer, processors, seq_len, batch_size, seed, codes=codes)
+        media = MediaBatchStream(
+            cfg.shards, tokenizer, processors, seq_len, batch_size, seed, rank, world_size, codes=codes
+        )
         return media.batches(MediaStreamState.from_dict(state) if state else None)
-    text = TextBatchStream(cfg, tokenizer, seq_len, batch_size, seed)
+    text = TextBatchStream(cfg, tokenizer, seq_len, batch_size, seed, rank, world_size)
     return text.batches(TextStreamState.from_dict(state) if state else None)
