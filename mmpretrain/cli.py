@@ -8,9 +8,11 @@ Subcommands whose implementation has not landed exit 2 saying so; none prints fa
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mmpretrain import __version__, data_cli, export_cli
 from mmpretrain.errors import NotImplementedYetError, UserError
@@ -39,14 +41,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise NotImplementedYetError(
             "`mmpt train --nproc` is not implemented yet (planned in issue 'Scale out on existing engines')"
         )
-    from pathlib import Path
 
     from mmpretrain.train.loop import train
 
     run_dir = Path(args.run_dir or Path("runs") / Path(str(args.config)).stem)
-    result = train(
-        config, run_dir, resume=args.resume, overwrite=args.overwrite, argv=["mmpt", *sys.argv[1:]]
-    )
+    new_dir = args.overwrite or not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    try:
+        result = train(
+            config, run_dir, resume=args.resume, overwrite=args.overwrite, argv=["mmpt", *sys.argv[1:]]
+        )
+    except BaseException:
+        if new_dir:
+            _remove_if_nothing_trained(run_dir)
+        raise
     if result.end_step == result.start_step:
         print(f"nothing to do: {run_dir} is at step {result.end_step} of {config.train.max_steps}")
         return 0
@@ -57,6 +64,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
     )
     return 0
+
+
+def _remove_if_nothing_trained(run_dir: Path) -> None:
+    """A run that failed before its first logged step (a missing data path, a too small
+    vocabulary, ...) leaves no half-made run directory that the next start would refuse."""
+    import shutil
+
+    from mmpretrain.train.checkpoint import checkpoints_root
+    from mmpretrain.train.metrics import read_metrics
+
+    if run_dir.is_dir() and not read_metrics(run_dir) and not checkpoints_root(run_dir).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -411,15 +430,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except BaseException as exc:  # torch's CheckpointException derives from BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "CheckpointException":
+            raise
         if debug:
             traceback.print_exc()
+        cause = _root_cause(exc)
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            where = f" ({cause.filename})" if cause.filename else ""
+            resume = "; committed checkpoints are intact: continue with --resume"
+            after = resume if handler is _cmd_train else ""
+            print(
+                f"error: {cause.strerror or cause}{where}: free disk space (or raise the quota or "
+                f"file-size limit) and run again{after}",
+                file=sys.stderr,
+            )
+            return 2
         print(
-            f"internal error: {type(exc).__name__}: {exc} "
+            f"internal error: {type(cause).__name__}: {' '.join(str(cause).split())} "
             "(run again with --debug for the traceback, and please report it)",
             file=sys.stderr,
         )
         return 1
+
+
+# A full disk, an exhausted quota, a file-size limit (RLIMIT_FSIZE): the user's to fix.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error behind ``exc``: the first rank's failure inside a checkpoint exception
+    (whose text is a whole traceback), or a disk-full OSError among its causes."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        exc = first[0] if isinstance(first, tuple) else first
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
 
 
 def console_main() -> None:

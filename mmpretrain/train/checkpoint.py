@@ -167,6 +167,9 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
     one), and uncommitted leftovers older than the newest committed one."""
     committed = committed_checkpoints(run_dir)
     for old in committed[: max(len(committed) - max(keep_last, 1), 0)]:
+        # un-commit first: a kill half-way through rmtree leaves an uncommitted leftover
+        # (removed by the next prune), never a "committed" directory with files missing
+        (old / COMMITTED).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
     if committed:
         newest = committed[-1].name

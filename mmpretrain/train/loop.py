@@ -31,6 +31,7 @@ from mmpretrain.train.optim import build_optimizer
 from mmpretrain.train.run_dir import check_resume_config, config_hash, prepare_run_dir, record_run
 from mmpretrain.train.schedule import lr_at
 from mmpretrain.train.signals import GracefulStop
+from mmpretrain.train.spikes import LossSpikeDetector
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ def train(
     elif init is not None:
         print(init_model_from(init, model, vocab), flush=True)
     start_step = step
+    if resume and checkpoint is None:  # nothing committed yet: the logged steps are redone
+        truncate_metrics(run_dir, 0)
     mix = cfg.data.shards.mix if cfg.data.shards is not None else []
     sources = SourceCounters.start([source.name for source in mix], saved_sources)
     batches = batch_stream(
@@ -193,6 +196,7 @@ def train(
     window_start, window_tokens = time.perf_counter(), 0
     run_start, run_tokens = window_start, 0
     with GracefulStop() as stop, MetricsLogger(run_dir, cfg.train.max_steps, start_step) as log:
+        spikes = LossSpikeDetector.for_run(run_dir, warn=log.message)  # loss_z, loss_spikes
         log.message(parameter_table(model))
         if cfg.model.kernels:
             log.message(format_kernel_table(kernel_rows(model)))
@@ -256,6 +260,7 @@ def train(
                         "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                         "packing_efficiency": step_tokens / slots,
                         "nan_skips": nan_skips,
+                        **spikes.update(step, loss),
                         **sources.metrics(),
                         **(media_loss.metrics() if media_loss is not None else {}),
                     }

@@ -1,0 +1,87 @@
+"""Crash anywhere, resume exactly: kill -9 mid-step, mid-checkpoint-write and at a shard
+switch; each resume continues from the newest COMMITTED checkpoint (never a half-written
+one) and the losses equal an uninterrupted run's bitwise.
+
+The kills are real SIGKILLs of a forked copy of the test process running ``mmpt train``
+(see reliability_helpers): no cleanup code runs in the victim.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from reliability_helpers import (
+    CHECKPOINT_HOOKS,
+    HOOKS,
+    CrashPoint,
+    hook_owner,
+    kill_and_resume_trial,
+    losses,
+    random_points,
+    run_quietly,
+    train_argv,
+)
+
+MAX_STEPS = 16
+SAVE_EVERY = 3
+
+
+@pytest.fixture
+def reference(write_config: Callable[..., Path], tmp_path: Path) -> tuple[Path, list[float]]:
+    """The config and the losses of an uninterrupted run."""
+    config = write_config(train={"max_steps": MAX_STEPS, "save_every": SAVE_EVERY})
+    code, output = run_quietly(train_argv(config, tmp_path / "uninterrupted"))
+    assert code == 0, output
+    curve = losses(tmp_path / "uninterrupted")
+    assert len(curve) == MAX_STEPS
+    return config, curve
+
+
+def test_every_hook_exists() -> None:
+    for name, (module_name, attribute, _) in HOOKS.items():
+        assert callable(getattr(hook_owner(module_name), attribute)), name
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        # mid-step (between backward and the optimizer step), then mid-checkpoint-write
+        # (tensors written, state.json half written), then at a shard switch
+        [CrashPoint("after_backward", 5), CrashPoint("ckpt_half_state_json", 2), CrashPoint("shard_open", 3)],
+        # after the rename, before the COMMITTED marker: the newest directory is not committed
+        [CrashPoint("ckpt_before_commit", 2)],
+        # half-way through deleting an old checkpoint (keep_last pruning)
+        [CrashPoint("ckpt_mid_prune", 1)],
+    ],
+    ids=["step+checkpoint+shard", "before-commit", "mid-prune"],
+)
+def test_kill_9_then_resume_equals_uninterrupted(
+    reference: tuple[Path, list[float]], tmp_path: Path, points: list[CrashPoint]
+) -> None:
+    config, curve = reference
+    result = kill_and_resume_trial(config, tmp_path / "killed", curve, points)
+    assert result.killed, result.detail
+    assert result.exact, result.detail
+
+
+@pytest.mark.slow
+def test_kill_9_at_20_random_points_resumes_exactly(
+    reference: tuple[Path, list[float]], tmp_path: Path
+) -> None:
+    config, curve = reference
+    rng = random.Random(16)
+    failures = []
+    points = list(random_points(rng, MAX_STEPS, SAVE_EVERY, 20))
+    kinds = {p.where for p in points}
+    assert kinds & set(CHECKPOINT_HOOKS) and "shard_open" in kinds and "timer" in kinds
+    for trial, point in enumerate(points):
+        chain = [point]
+        if trial % 5 == 4:  # every fifth trial is killed twice before it finishes
+            chain.append(next(random_points(rng, MAX_STEPS, SAVE_EVERY, 1)))
+        result = kill_and_resume_trial(config, tmp_path / f"trial{trial}", curve, chain)
+        if not result.exact:
+            failures.append(f"trial {trial} ({[p.describe() for p in chain]}): {result.detail}")
+    assert not failures, failures
