@@ -158,20 +158,29 @@ def run_quietly(argv: Sequence[str]) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class CrashPoint:
-    """Where a crash child dies: at the ``nth`` call of hook ``where``, or (``where ==
-    "timer"``) when the parent kills it ``delay`` seconds after it started stepping."""
+    """Where a crash child gets ``signum`` (SIGKILL: dies): at the ``nth`` call of hook
+    ``where`` (sent by itself), or (``where == "timer"``) from the parent ``delay`` seconds
+    after it started stepping (``times`` times, 50 ms apart)."""
 
     where: str
     nth: int = 1
     delay: float = 0.0
+    signum: int = signal.SIGKILL
+    times: int = 1
 
     def describe(self) -> str:
-        return f"timer {self.delay:.2f}s" if self.where == "timer" else f"{self.where} #{self.nth}"
+        name = "" if self.signum == signal.SIGKILL else f" {signal.Signals(self.signum).name}"
+        return (f"timer {self.delay:.2f}s" if self.where == "timer" else f"{self.where} #{self.nth}") + name
+
+
+_ARMED = {"signum": signal.SIGKILL, "times": 1}  # what the armed hook sends (set in the child)
 
 
 def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(60)  # not reached
+    for _ in range(_ARMED["times"]):
+        os.kill(os.getpid(), _ARMED["signum"])
+    if _ARMED["signum"] == signal.SIGKILL:
+        time.sleep(60)  # not reached
 
 
 def _counting(nth: int, before: bool, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -261,6 +270,7 @@ def hook_owner(module_name: str) -> Any:
 def _install(point: CrashPoint) -> None:
     if point.where == "timer":
         return
+    _ARMED.update(signum=point.signum, times=point.times)
     module_name, attribute, how = HOOKS[point.where]
     module = hook_owner(module_name)
     real = getattr(module, attribute)
@@ -284,6 +294,7 @@ class ChildResult:
     killed: bool  # died of SIGKILL
     exit_code: int | None  # its exit code if it exited
     output: str
+    seconds_after_signal: float | None = None  # from the parent's first signal to the end
 
     def describe(self) -> str:
         return "killed" if self.killed else f"exited {self.exit_code}"
@@ -299,7 +310,7 @@ def run_crash_child(
 ) -> ChildResult:
     """Fork, run ``mmpt ARGV`` in the child with ``point`` armed, and wait for it.
 
-    For a ``timer`` point the parent sends SIGKILL ``point.delay`` seconds after
+    For a ``timer`` point the parent sends ``point.signum`` ``point.delay`` seconds after
     ``started()`` first holds (polled; e.g. "the first step was logged").
     """
     sys.stdout.flush()
@@ -327,25 +338,31 @@ def run_crash_child(
                 os._exit(code)
     deadline = time.monotonic() + timeout
     kill_at: float | None = None
+    first_sent: float | None = None
+    sent = 0
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
         now = time.monotonic()
-        if point.where == "timer":
+        if point.where == "timer" and sent < point.times:
             if kill_at is None and (started is None or started()):
                 kill_at = now + point.delay
             if kill_at is not None and now >= kill_at:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, point.signum)
+                first_sent = now if first_sent is None else first_sent
+                sent += 1
+                kill_at = now + 0.05
         if now > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise AssertionError(f"crash child {point.describe()} still running after {timeout} s")
         time.sleep(0.002)
     output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    after = None if first_sent is None else time.monotonic() - first_sent
     if os.WIFSIGNALED(status):
-        return ChildResult(os.WTERMSIG(status) == signal.SIGKILL, None, output)
-    return ChildResult(False, os.WEXITSTATUS(status), output)
+        return ChildResult(os.WTERMSIG(status) == signal.SIGKILL, None, output, after)
+    return ChildResult(False, os.WEXITSTATUS(status), output, after)
 
 
 # ---------------------------------------------------------------------------- trials
