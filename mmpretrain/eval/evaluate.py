@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from mmpretrain.errors import UserError
-from mmpretrain.eval.engine import Evaluator
-from mmpretrain.eval.prompt import FewShotPrompt, RandomDemos, RicesDemos, build_prompt, has_images
+from mmpretrain.eval.engine import Evaluator, TokenRun
+from mmpretrain.eval.prompt import RandomDemos, RicesDemos, build_prompt, has_images
 from mmpretrain.eval.types import EvalExample, TaskSpec
 
 
@@ -107,17 +107,66 @@ def demo_selector(
     return RandomDemos(pool, seed), "random", ""
 
 
-def _grouped(prompts: Sequence[FewShotPrompt]) -> list[list[int]]:
-    """Query indices grouped by their demonstrations, groups in order of first appearance."""
+def _grouped(keys: Sequence[tuple[str, ...]]) -> list[list[int]]:
+    """Query indices grouped by their demonstrations' ids, groups in order of first appearance."""
     groups: dict[tuple[str, ...], list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(prompt.demo_ids, []).append(i)
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+PREENCODE_QUERIES = 64
+"""Queries whose media are encoded together, in one batched encoder call."""
+
+
+def _batches(
+    window: Sequence[int], queries: Sequence[EvalExample], kind: str, size: int
+) -> Iterator[list[int]]:
+    """Consecutive queries per forward: ``size`` queries (generate) or as many as fit in
+    ``size`` scored rows, one row per choice (classify; at least one query)."""
+    batch: list[int] = []
+    rows = 0
+    for i in window:
+        need = len(queries[i].choices or [None]) if kind == "classify" else 1
+        if batch and rows + need > size:
+            yield batch
+            batch, rows = [], 0
+        batch.append(i)
+        rows += need
+    if batch:
+        yield batch
+
+
+def _classify(
+    evaluator: Evaluator,
+    task: TaskSpec,
+    prefix: TokenRun,
+    contexts: Sequence[TokenRun],
+    chunk: Sequence[int],
+    queries: Sequence[EvalExample],
+    predictions: list[str],
+    choice_scores: list[list[float]],
+) -> None:
+    """Score every choice of the chunk's queries; the best one is the prediction."""
+    rows, owners = [], []
+    for i, context in zip(chunk, contexts, strict=True):
+        choices = queries[i].choices
+        if not choices:
+            raise UserError(f"{task.name}: classification query {queries[i].id} has no choices")
+        for choice in choices:
+            rows.append((context, evaluator.text(task.template.continuation(choice))))
+            owners.append(i)
+    for i, values in zip(owners, evaluator.loglikelihoods(prefix, rows), strict=True):
+        choice_scores[i].append(float(values.sum()))
+    for i in chunk:
+        choices = queries[i].choices or []
+        best = max(range(len(choices)), key=lambda c: choice_scores[i][c])
+        predictions[i] = choices[best]
 
 
 def evaluate_task(
@@ -140,45 +189,38 @@ def evaluate_task(
     if not queries:
         raise UserError(f"task {task.name} has no queries to evaluate")
     mode, note = "none", ""
-    prompts: list[FewShotPrompt] = []
+    demo_sets: list[list[EvalExample]] = [[] for _ in queries]
     if shots > 0:
         selector, mode, note = demo_selector(evaluator, task, demos, seed)
-        prompts = [build_prompt(task, selector.select(q, shots), q) for q in queries]
-    else:
-        prompts = [build_prompt(task, [], q) for q in queries]
+        for i, query in enumerate(queries):
+            demo_sets[i] = selector.select(query, shots)
+            query.release()  # media are decoded again window by window, not all at once
     predictions: list[str] = [""] * len(queries)
     vqa = task.metric == "vqa_accuracy"
     choice_scores: list[list[float]] | None = [[] for _ in queries] if task.kind == "classify" else None
-    for group in _grouped(prompts):
-        step = max(1, evaluator.batch_size // max(1, len(queries[group[0]].choices or [1])))
-        for chunk in _chunks(group, step if task.kind == "classify" else evaluator.batch_size):
-            # cached: text and media come from the caches; naive: media encoded again per batch
-            prefix = evaluator.encode(prompts[chunk[0]].prefix)
-            contexts = [evaluator.encode(prompts[i].query) for i in chunk]
-            if task.kind == "classify":
-                assert choice_scores is not None
-                rows, owners = [], []
-                for i, context in zip(chunk, contexts, strict=True):
-                    choices = queries[i].choices
-                    if not choices:
-                        raise UserError(f"{task.name}: classification query {queries[i].id} has no choices")
-                    for choice in choices:
-                        rows.append((context, evaluator.text(task.template.continuation(choice))))
-                        owners.append(i)
-                for i, values in zip(owners, evaluator.loglikelihoods(prefix, rows), strict=True):
-                    choice_scores[i].append(float(values.sum()))
+    for group in _grouped([tuple(d.id for d in demo_set) for demo_set in demo_sets]):
+        for window in _chunks(group, PREENCODE_QUERIES):
+            prompts = {i: build_prompt(task, demo_sets[i], queries[i]) for i in window}
+            if evaluator.media.reuse:  # encode the window's query media in one batched call
+                evaluator.media.prepare(
+                    [p for i in window for p in prompts[i].query if not isinstance(p, str)]
+                )
+            for chunk in _batches(window, queries, task.kind, evaluator.batch_size):
+                # cached: text and media come from the caches; naive: media encoded again per batch
+                prefix = evaluator.encode(prompts[chunk[0]].prefix)
+                contexts = [evaluator.encode(prompts[i].query) for i in chunk]
+                if task.kind == "classify":
+                    assert choice_scores is not None
+                    _classify(evaluator, task, prefix, contexts, chunk, queries, predictions, choice_scores)
+                else:
+                    texts = evaluator.generate(prefix, contexts, task.max_new_tokens, task.template.stop)
+                    for i, text in zip(chunk, texts, strict=True):  # VQA: OpenFlamingo's answer cut
+                        predictions[i] = postprocess_vqa_generation(text) if vqa else text
                 for i in chunk:
-                    choices = queries[i].choices or []
-                    best = max(range(len(choices)), key=lambda c: choice_scores[i][c])
-                    predictions[i] = choices[best]
-            else:
-                texts = evaluator.generate(prefix, contexts, task.max_new_tokens, task.template.stop)
-                for i, text in zip(chunk, texts, strict=True):  # VQA: OpenFlamingo's answer cut
-                    predictions[i] = postprocess_vqa_generation(text) if vqa else text
-            for i in chunk:
-                queries[i].release()
-            if progress is not None:
-                progress(len(chunk))
+                    queries[i].release()
+                    del prompts[i]
+                if progress is not None:
+                    progress(len(chunk))
     value = score(task.metric, predictions, queries, choice_scores)
     records = []
     for i, query in enumerate(queries):
@@ -187,7 +229,7 @@ def evaluate_task(
             record["label"] = query.label
         if choice_scores is not None:
             record["choice_scores"] = dict(zip(query.choices or [], choice_scores[i], strict=True))
-        record["demos"] = list(prompts[i].demo_ids)
+        record["demos"] = [d.id for d in demo_sets[i]]
         records.append(record)
     return ShotResult(
         task=task.name,

@@ -57,6 +57,7 @@ def evaluate_during_training(
     was_training = model.training
     attention = getattr(model.llm.config, "_attn_implementation", EVAL_ATTENTION)
     rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     scores: dict[str, float] = {}
     model.eval()
     try:
@@ -76,4 +77,6 @@ def evaluate_during_training(
         random.setstate(rng[0])
         np.random.set_state(rng[1])
         torch.set_rng_state(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
     return scores
