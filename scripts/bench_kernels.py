@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from typing import Any
@@ -264,6 +265,8 @@ def main() -> None:
 
     first = {r.name: heldout_loss(r.model, eval_batches) for r in runs}
     for step in range(steps):
+        if step % 20 == 0:
+            print(f"step {step}/{steps} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         order = runs[step % len(runs) :] + runs[: step % len(runs)]
         for run in order:
             try:
