@@ -5,9 +5,11 @@
 - a run directory (``config.yaml`` + ``checkpoints/``): its newest committed checkpoint;
 - a checkpoint directory ``RUN/checkpoints/step_NNNNNNN`` (committed): the run's config and
   tokenizer come from ``RUN``;
-- a saved MultimodalLM (``model_config.yaml`` + ``model.safetensors``, written by
-  :meth:`~mmpretrain.model.multimodal.MultimodalLM.save_pretrained`) with its tokenizer in
-  ``DIR/tokenizer/`` or in ``DIR`` itself.
+- a saved MultimodalLM (``model_config.yaml`` + ``model.safetensors`` or shards, written by
+  :meth:`~mmpretrain.model.multimodal.MultimodalLM.save_pretrained` or ``mmpt export --to
+  safetensors``) with its tokenizer in ``DIR/tokenizer/`` or in ``DIR`` itself;
+- a transformers model directory (``config.json``: ``mmpt export --to hf`` output or any
+  model :func:`mmpretrain.export.importer.import_hf_model` reads) with its tokenizer.
 
 The tokenizer is the run's: ``data.tokenizer.path`` when the config names one, else the
 BPE the run trained into ``RUN/tokenizer/`` (never retrained here). Evaluation runs the
@@ -129,12 +131,19 @@ def _load_run_checkpoint(run_dir: Path, checkpoint: Path) -> LoadedModel:
     )
 
 
-def _load_saved_model(directory: Path) -> LoadedModel:
-    import yaml
-    from safetensors.torch import load_model
+def _export_source(directory: Path) -> dict[str, Any]:
+    """The ``source`` record of a native export's ``export.json`` (empty if none)."""
+    import json
 
-    from mmpretrain.config import validate_config
-    from mmpretrain.model.pretrained import CONFIG_FILE, WEIGHTS_FILE
+    try:
+        return dict(json.loads((directory / "export.json").read_text(encoding="utf-8")).get("source") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _load_saved_model(directory: Path) -> LoadedModel:
+    """A ``save_pretrained`` / ``mmpt export --to safetensors`` directory (sharded or not)."""
+    from mmpretrain.model.pretrained import CONFIG_FILE, load_state_strict, read_model_config, read_weights
 
     for candidate in (directory / "tokenizer", directory):
         if (candidate / "tokenizer.json").is_file():
@@ -145,30 +154,45 @@ def _load_saved_model(directory: Path) -> LoadedModel:
             f"{directory} is a saved model without a tokenizer: copy the run's tokenizer directory "
             f"to {directory / 'tokenizer'}"
         )
-    data = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    cfg = validate_config(ModelConfig, data, str(directory / CONFIG_FILE))
+    cfg = read_model_config(directory)
     model = _build(cfg, tokenizer)
-    try:
-        load_model(model, str(directory / WEIGHTS_FILE), strict=True)
-    except (RuntimeError, OSError) as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise UserError(
-            f"{directory / WEIGHTS_FILE} does not fit {directory / CONFIG_FILE}: {first}"
-        ) from exc
+    load_state_strict(model, read_weights(directory), str(directory / CONFIG_FILE), directory)
+    source = _export_source(directory)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         model_config=cfg,
         processors=media_processors(cfg),
         checkpoint=str(directory),
-        config_hash=model_config_hash(cfg),
+        config_hash=str(source.get("config_hash") or model_config_hash(cfg)),
+        step=source.get("step"),
+    )
+
+
+def _load_transformers_dir(directory: Path) -> LoadedModel:
+    """A transformers model directory (``mmpt export --to hf`` or any supported one)."""
+    from mmpretrain.export.importer import import_hf_model
+
+    imported = import_hf_model(directory)
+    if imported.tokenizer is None:
+        raise UserError(f"{directory} has no tokenizer.json: evaluation needs the model's tokenizer")
+    model = imported.model
+    if getattr(model.llm.config, "_attn_implementation", EVAL_ATTENTION) != EVAL_ATTENTION:
+        model.llm.set_attn_implementation(EVAL_ATTENTION)  # type: ignore[operator]
+    return LoadedModel(
+        model=model,
+        tokenizer=imported.tokenizer,
+        model_config=imported.config,
+        processors=media_processors(imported.config),
+        checkpoint=str(directory),
+        config_hash=model_config_hash(imported.config),
     )
 
 
 def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """The model (in eval mode, on ``device``) and tokenizer of a run directory, a
     checkpoint directory or a saved MultimodalLM directory."""
-    from mmpretrain.model.pretrained import CONFIG_FILE, WEIGHTS_FILE
+    from mmpretrain.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, has_weights
     from mmpretrain.train.checkpoint import COMMITTED, latest_checkpoint
 
     source = Path(path).expanduser()
@@ -176,8 +200,10 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loade
         raise UserError(
             f"{source} does not exist or is not a directory (give a run, checkpoint or model directory)"
         )
-    if (source / CONFIG_FILE).is_file() and (source / WEIGHTS_FILE).is_file():
+    if (source / CONFIG_FILE).is_file() and has_weights(source):
         loaded = _load_saved_model(source)
+    elif (source / "config.json").is_file():
+        loaded = _load_transformers_dir(source)
     elif (source / COMMITTED).is_file():
         loaded = _load_run_checkpoint(source.parent.parent, source)
     elif (source / "config.yaml").is_file():
@@ -193,7 +219,8 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loade
     else:
         raise UserError(
             f"{source} is not a run directory (config.yaml + checkpoints/), a checkpoint directory "
-            f"(step_NNNNNNN with COMMITTED) or a saved model ({CONFIG_FILE} + {WEIGHTS_FILE})"
+            f"(step_NNNNNNN with COMMITTED), a saved model ({CONFIG_FILE} + {WEIGHTS_FILE}) or a "
+            "transformers model directory (config.json)"
         )
     loaded.model.to(device)
     loaded.model.eval()

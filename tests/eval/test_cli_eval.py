@@ -124,3 +124,18 @@ def test_eval_saved_model_directory_matches_the_run(run_dir: Path, demo_data: Pa
         outputs.append([json.loads(line)["prediction"] for line in lines])
     assert outputs[0] == outputs[1]
     assert json.loads((tmp_path / "saved.json").read_text())["results"][0]["checkpoint"] == str(saved)
+
+
+@pytest.mark.parametrize("to", ["safetensors", "hf"])
+def test_eval_exported_directories_match_the_run(
+    run_dir: Path, demo_data: Path, tmp_path: Path, to: str
+) -> None:
+    exported = tmp_path / f"export-{to}"
+    assert main(["export", str(run_dir), "--to", to, "--out", str(exported)]) == 0
+    outputs = []
+    for source in (run_dir, exported):
+        out = tmp_path / f"{source.name}.json"
+        assert main(eval_argv(source, demo_data, out, "--shots", "2")) == 0
+        lines = Path(str(out).replace(".json", ".predictions.jsonl")).read_text().splitlines()
+        outputs.append([json.loads(line)["prediction"] for line in lines])
+    assert outputs[0] == outputs[1]
