@@ -21,7 +21,9 @@ fp32: speed does not depend on training) with its LLM widened to 256 x 4 layers 
 parameters), so that the LLM's compute, not Python overhead per call, dominates as it
 does at real sizes; ``--tiny`` keeps vlm_tiny's 64-wide 2-layer LLM (0.44M), ``--set``
 overrides any model key. The data is a fresh image-only demo build. Wall-clock and CPU
-time (this process) are both reported: on a shared machine the second is steadier.
+time (this process) are both reported: on a shared machine the second is steadier. torch
+runs one CPU thread by default (``--threads``): on a busy 2-core machine a second
+intra-op thread mostly spin-waits for a descheduled peer, which swamps both figures.
 
     python scripts/bench_eval.py --quick     # ~1 minute on 2 cores
     python scripts/bench_eval.py             # 64 queries, 3 repeats
@@ -138,7 +140,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="vlm_tiny's own 64-wide 2-layer LLM")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model key override")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     args.queries = args.queries or (16 if args.quick else 64)
     args.repeats = args.repeats or (2 if args.quick else 3)
     started = time.perf_counter()
