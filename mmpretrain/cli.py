@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmpretrain import __version__, data_cli, export_cli
 from mmpretrain.errors import NotImplementedYetError, UserError
+
+if TYPE_CHECKING:
+    from mmpretrain.run_config import RunConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,18 +39,22 @@ def _not_implemented(command: str, issue: str) -> Handler:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmpretrain.config import load_config
-    from mmpretrain.run_config import RunConfig
+    from mmpretrain.recipes import is_recipe
+
+    if is_recipe(args.config):  # a YAML with `stages`: run every stage (mmpretrain/recipes/runner.py)
+        from mmpretrain.recipes.runner import recipe_command
+
+        return recipe_command(args)
 
     config: RunConfig = load_config(args.config, args.set)  # a bad config fails here, before any work
-    if args.nproc != 1:
-        raise NotImplementedYetError(
-            "`mmpt train --nproc` is not implemented yet (planned in issue 'Scale out on existing engines')"
-        )
-
     from mmpretrain.train.loop import train
 
     run_dir = Path(args.run_dir or Path("runs") / Path(str(args.config)).stem)
+    if args.nproc != 1:
+        return _train_under_torchrun(args, config, run_dir)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 owns the run directory
     new_dir = args.overwrite or not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir()))
+    new_dir = new_dir and main_rank
     try:
         result = train(
             config, run_dir, resume=args.resume, overwrite=args.overwrite, argv=["mmpt", *sys.argv[1:]]
@@ -54,6 +63,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if new_dir:
             _remove_if_nothing_trained(run_dir)
         raise
+    if not main_rank:
+        return 0
     if result.end_step == result.start_step:
         print(f"nothing to do: {run_dir} is at step {result.end_step} of {config.train.max_steps}")
         return 0
@@ -64,6 +75,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
         + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
     )
     return 0
+
+
+def _train_under_torchrun(args: argparse.Namespace, config: RunConfig, run_dir: Path) -> int:
+    """`mmpt train --nproc N`: the same command under torchrun with N local processes
+    (stop signals are passed on; torchrun hands SIGUSR1 to the workers too)."""
+    import signal
+    import subprocess
+
+    from mmpretrain.errors import ConfigError
+    from mmpretrain.train.loop import _check_supported
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    if config.distributed.backend == "none":
+        raise ConfigError(
+            f"--nproc {args.nproc} needs a distributed engine: add --set distributed.backend=fsdp2 "
+            "(or ddp, deepspeed)"
+        )
+    _check_supported(config)
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (args.resume or args.overwrite):
+        raise UserError(
+            f"run directory {run_dir} already exists: pass --resume to continue it, or --overwrite"
+        )
+    argv = ["train", str(args.config), "--run-dir", str(run_dir)]
+    argv += [f"--set={item}" for item in args.set or []]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
+    argv += ["--debug"] if getattr(args, "debug", False) else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(args.nproc), "-m", "mmpretrain.cli", *argv]
+    env = {"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", **os.environ}
+    env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // args.nproc, 1)))
+    process = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        if signum != signal.SIGINT:  # a terminal's Ctrl-C reaches torchrun itself
+            process.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _remove_if_nothing_trained(run_dir: Path) -> None:

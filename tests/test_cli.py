@@ -30,7 +30,6 @@ SUBCOMMANDS = [
 
 NOT_IMPLEMENTED = [
     ["plot", "runs/x"],
-    ["train", "tiny", "--nproc", "2"],
 ]
 
 

@@ -84,4 +84,20 @@ class DistributedConfig(ConfigModel):
     """How the run spreads over processes (launched by torchrun or `mmpt train --nproc`)."""
 
     backend: Literal["none", "ddp", "fsdp2", "deepspeed"] = "none"
-    """Data-parallel engine; none = a single process."""
+    """Data-parallel engine; none = a single process. fsdp2 and deepspeed also run in one
+    process (a 1-rank group of their own); ddp is for small models (every rank holds all
+    parameters and optimizer state)."""
+    zero_stage: Literal[2, 3] = 2
+    """deepspeed: ZeRO stage (2: optimizer state and gradients partitioned; 3: parameters too)."""
+    cpu_offload: bool = False
+    """fsdp2: keep sharded parameters, gradients and optimizer state in CPU memory
+    (CPUOffloadPolicy); deepspeed: offload the optimizer state to the CPU."""
+    reshard_after_forward: bool = True
+    """fsdp2: free the gathered parameters of each block after its forward (gather again in
+    backward; less memory), or keep them until the backward (less communication)."""
+    async_checkpoint: bool = False
+    """fsdp2/ddp/none: write checkpoints in the background (torch.distributed.checkpoint
+    async_save): training continues after the tensors are copied; the checkpoint commits
+    when the write has finished (checked at the next save and at the end)."""
+    timeout_minutes: int = Field(30, gt=0)
+    """Collective timeout: a rank that waits longer for the others fails instead of hanging."""

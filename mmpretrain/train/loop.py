@@ -16,21 +16,26 @@ import torch
 from mmpretrain.data.media_vocab import MediaVocabulary
 from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.data.types import PackedBatch
-from mmpretrain.errors import ConfigError, NotImplementedYetError, UserError
+from mmpretrain.errors import ConfigError, UserError
 from mmpretrain.kernels import format_kernel_table, kernel_rows, kernels_on_step
 from mmpretrain.model.build import build_model, media_processors, parameter_table
 from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.model.packed import token_loss_sum
 from mmpretrain.run_config import RunConfig
-from mmpretrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpretrain.train.checkpoint import latest_checkpoint
 from mmpretrain.train.data_setup import batch_stream, media_codes_for_run, tokenizer_for_run
+from mmpretrain.train.distributed import (
+    DistContext,
+    Engine,
+    SyncedStop,
+    check_distributed_config,
+    distributed_run,
+)
 from mmpretrain.train.init_from import init_model_from, resolve_init_checkpoint, run_dir_of
 from mmpretrain.train.media_loss import MediaLossMeter
 from mmpretrain.train.metrics import MetricsLogger, truncate_metrics
-from mmpretrain.train.optim import build_optimizer
 from mmpretrain.train.run_dir import check_resume_config, config_hash, prepare_run_dir, record_run
 from mmpretrain.train.schedule import lr_at
-from mmpretrain.train.signals import GracefulStop
 from mmpretrain.train.spikes import LossSpikeDetector
 
 
@@ -106,11 +111,7 @@ def build_checked_model(
 
 
 def _check_supported(cfg: RunConfig) -> None:
-    if cfg.distributed.backend != "none":
-        raise NotImplementedYetError(
-            f"distributed.backend={cfg.distributed.backend} is not implemented yet (planned in issue "
-            "'Scale out on existing engines'); use distributed.backend=none"
-        )
+    check_distributed_config(cfg)
     if cfg.data is None:
         raise ConfigError("the config has no `data` section: add data.sources (see configs/text/tiny.yaml)")
 
@@ -123,26 +124,41 @@ def train(
     overwrite: bool = False,
     argv: list[str] | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (continuing its newest checkpoint with ``resume``)."""
+    """Train ``cfg`` into ``run_dir`` (continuing its newest checkpoint with ``resume``);
+    under torchrun every rank calls it (``distributed.backend``)."""
     _check_supported(cfg)
+    with distributed_run(cfg.distributed) as ctx:
+        return _train(cfg, run_dir, ctx, resume, overwrite, argv)
+
+
+def _train(
+    cfg: RunConfig, run_dir: Path, ctx: DistContext, resume: bool, overwrite: bool, argv: list[str] | None
+) -> TrainResult:
     assert cfg.data is not None
-    prepare_run_dir(run_dir, resume, overwrite)
-    stage_keys = check_resume_config(run_dir, cfg) if resume else []
-    record_run(run_dir, cfg, argv)
-    seed_everything(cfg.train.seed)
-    init = resolve_init_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
-    tokenizer = tokenizer_for_run(cfg.data, run_dir, init_run_dir=run_dir_of(init) if init else None)
-    codes = media_codes_for_run(cfg.model, tokenizer, run_dir)  # early fusion: media tokenizers + ids
+    stage_keys: list[str] = []
+    with ctx.main_first():  # rank 0 writes the run directory and tokenizer; the others read them
+        if ctx.is_main:
+            prepare_run_dir(run_dir, resume, overwrite)
+            stage_keys = check_resume_config(run_dir, cfg) if resume else []
+            record_run(run_dir, cfg, argv)
+        seed_everything(cfg.train.seed)
+        init = resolve_init_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+        tokenizer = tokenizer_for_run(cfg.data, run_dir, init_run_dir=run_dir_of(init) if init else None)
+        codes = media_codes_for_run(cfg.model, tokenizer, run_dir)  # early fusion: media tokenizers + ids
     vocab = codes.vocab if codes is not None else None
     model = build_checked_model(cfg, tokenizer, vocab)
     model.train()
-    optimizer = build_optimizer(model, cfg.optim)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is None and init is not None:
+        report = init_model_from(init, model, vocab)
+        if ctx.is_main:
+            print(report, flush=True)
+    engine = Engine(ctx, cfg, model)  # compile, wrap or shard (distributed.backend), optimizer
+    optimizer = engine.optimizer
 
     step, tokens, nan_skips, saved_data, saved_sources = 0, 0, 0, None, None
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
-        saved = load_checkpoint(checkpoint, model, optimizer)
+        saved = engine.load(checkpoint)
         step, tokens, nan_skips, saved_data = (
             saved["step"],
             saved["tokens"],
@@ -150,12 +166,11 @@ def train(
             saved["data"],
         )
         saved_sources = saved.get("sources")
-        truncate_metrics(run_dir, step)
-    elif init is not None:
-        print(init_model_from(init, model, vocab), flush=True)
+        if not ctx.is_main and saved_sources:  # rank 0 carries the totals; the others count from 0
+            saved_sources = {kind: dict.fromkeys(counts, 0) for kind, counts in saved_sources.items()}
     start_step = step
-    if resume and checkpoint is None:  # nothing committed yet: the logged steps are redone
-        truncate_metrics(run_dir, 0)
+    if ctx.is_main and resume:  # the logged steps after the checkpoint (all if none) are redone
+        truncate_metrics(run_dir, step)
     mix = cfg.data.shards.mix if cfg.data.shards is not None else []
     sources = SourceCounters.start([source.name for source in mix], saved_sources)
     batches = batch_stream(
@@ -167,35 +182,38 @@ def train(
         cfg.train.seed,
         saved_data,
         codes,
+        ctx.rank,
+        ctx.world_size,
     )
     media_loss = MediaLossMeter(vocab) if vocab is not None else None
     data_state: Any = None
-    forward_model = torch.compile(model) if cfg.train.compile else model
     end_step = cfg.train.max_steps
     if cfg.train.stop_after_steps is not None:
         end_step = min(end_step, start_step + cfg.train.stop_after_steps)
     autocast = (
-        torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
         if cfg.train.precision == "bf16"
         else contextlib.nullcontext()
     )
+
+    saver = engine.checkpointer(run_dir, cfg.train.keep_last)
 
     def checkpoint_now() -> Path:
         state = {
             "tokens": tokens,
             "nan_skips": nan_skips,
-            "data": data_state.as_dict(),
-            "sources": {"docs": sources.docs, "tokens": sources.tokens},
+            "data": data_state.as_dict(),  # this rank's; the checkpoint keeps every rank's
+            "sources": {"docs": ctx.sum_counters(sources.docs), "tokens": ctx.sum_counters(sources.tokens)},
             "config_hash": config_hash(cfg),
             **({"media_vocab": vocab.as_dict()} if vocab is not None else {}),
         }
-        return save_checkpoint(run_dir, step, model, optimizer, state, cfg.train.keep_last)
+        return saver.save(step, model, optimizer, state)
 
     last_loss: float | None = None
     saved_path: Path | None = checkpoint
     window_start, window_tokens = time.perf_counter(), 0
     run_start, run_tokens = window_start, 0
-    with GracefulStop() as stop, MetricsLogger(run_dir, cfg.train.max_steps, start_step) as log:
+    with SyncedStop(ctx) as stop, MetricsLogger(run_dir, cfg.train.max_steps, start_step, ctx.is_main) as log:
         spikes = LossSpikeDetector.for_run(run_dir, warn=log.message)  # loss_z, loss_spikes
         log.message(parameter_table(model))
         if cfg.model.kernels:
@@ -209,18 +227,23 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             micro_batches = [next(batches) for _ in range(cfg.train.grad_accum)]
-            label_tokens = max(sum(b.num_label_tokens() for b, _ in micro_batches), 1)
+            local_labels = sum(b.num_label_tokens() for b, _ in micro_batches)
+            label_tokens = max(ctx.all_reduce_sum([local_labels])[0], 1)  # of the whole global batch
             loss_sum_total = 0.0
-            for batch, _ in micro_batches:
+            for i, (batch, _) in enumerate(micro_batches):
+                engine.begin_micro_step(last=i == len(micro_batches) - 1)
+                batch = batch.to(engine.device)
                 with autocast:
-                    logits = forward_model(batch)
+                    logits = engine(batch)
                 loss_sum, _ = token_loss_sum(logits, batch.labels)
                 if media_loss is not None:
                     media_loss.add(step, logits, batch.labels, loss_sum)
-                (loss_sum / label_tokens).backward()
+                engine.backward(loss_sum / label_tokens)
                 loss_sum_total += loss_sum.item()
+            local_tokens = sum(int((b.doc_ids >= 0).sum()) for b, _ in micro_batches)
+            loss_sum_total, step_tokens = ctx.all_reduce_sum([loss_sum_total, local_tokens])
             loss = loss_sum_total / label_tokens
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or math.inf).item()
+            grad_norm = engine.clip_grad_norm(cfg.train.grad_clip)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 nan_skips += 1
                 keys = [k for b, _ in micro_batches for row in b.keys for k in row][:6]
@@ -235,21 +258,20 @@ def train(
                     )
                 log.message(f"warning: {where}: step skipped ({nan_skips}/{cfg.train.max_nan_skips})")
             else:
-                optimizer.step()
+                engine.step()
                 last_loss = loss
-            optimizer.zero_grad(set_to_none=True)
+            engine.zero_grad()
             step += 1
             kernels_on_step(model, step)  # masks, schedules, transitions of the kernel kinds
             data_state = micro_batches[-1][1]
-            step_tokens = sum(int((b.doc_ids >= 0).sum()) for b, _ in micro_batches)
-            tokens += step_tokens
+            tokens += int(step_tokens)
             for batch, _ in micro_batches:
                 sources.add(batch)
-            window_tokens += step_tokens
-            run_tokens += step_tokens
+            window_tokens += int(step_tokens)
+            run_tokens += int(step_tokens)
             if step % cfg.train.log_every == 0 or step == end_step:
                 elapsed = time.perf_counter() - window_start
-                slots = sum(b.input_ids.numel() for b, _ in micro_batches)
+                slots = sum(b.input_ids.numel() for b, _ in micro_batches) * ctx.world_size
                 log.log(
                     {
                         "step": step,
@@ -268,8 +290,10 @@ def train(
                 window_start, window_tokens = time.perf_counter(), 0
             else:
                 log.advance(step)
+            stop.sync()  # every rank stops at the same step
             if step % cfg.train.save_every == 0 or step == end_step or stop.requested:
                 saved_path = checkpoint_now()
+        saved_path = saver.wait() or saved_path  # an async save commits here
         if stop.requested and saved_path is not None:
             log.message(f"received {stop.signal_name}: saved {saved_path}; continue with --resume")
     elapsed = max(time.perf_counter() - run_start, 1e-9)
