@@ -31,6 +31,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mmpretrain.encoders",
     "mmpretrain.kernels",
     "mmpretrain.eval.tasks",
+    "mmpretrain.recipes",
 )
 
 BuilderT = TypeVar("BuilderT", bound=Callable[..., Any])

@@ -20,6 +20,7 @@ MAPPED_PACKAGES = {
     "mmpretrain.eval.metrics": "mmpretrain/eval/metrics",
     "mmpretrain.eval.tasks": "mmpretrain/eval/tasks",
     "mmpretrain.export": "mmpretrain/export",
+    "mmpretrain.recipes": "mmpretrain/recipes",
     "mmpretrain.encoders": "encoders",
     "mmpretrain.connectors": "connectors",
     "mmpretrain.data": "data",

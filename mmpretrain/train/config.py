@@ -65,18 +65,37 @@ class OptimConfig(ConfigModel):
     eps: float = Field(1e-8, gt=0)
     """Adam epsilon."""
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    """Learning-rate shape after warmup: cosine decay, warmup-stable-decay, or constant."""
+    """Learning-rate shape after warmup: cosine decay, warmup-stable-decay, or constant
+    (with decay_steps: constant, then a cooldown)."""
     warmup_steps: int = Field(0, ge=0)
-    """Linear warmup steps from 0 to lr."""
+    """Linear warmup steps from 0 to lr (a continued run re-warms from its own step 0)."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    """Final learning rate as a fraction of lr (cosine and wsd)."""
+    """Final learning rate as a fraction of lr (cosine, wsd, cooldowns)."""
     decay_fraction: float = Field(0.2, gt=0, le=1)
-    """wsd: fraction of max_steps spent in the final decay."""
+    """wsd: fraction of max_steps spent in the final decay (1.0 with warmup_steps 0: the
+    whole run is a cooldown, e.g. one branched from a stable-phase checkpoint)."""
+    decay_steps: int | None = Field(None, ge=0)
+    """wsd: length of the final decay in steps (instead of decay_fraction); constant: a
+    cooldown over the last decay_steps steps (None or 0: none)."""
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
+    """wsd and cooldowns: shape of the decay from lr to min_lr_ratio * lr (sqrt: 1 - sqrt,
+    which keeps the rate higher for longer, as in Hägele et al. 2024)."""
+    lr_multipliers: dict[str, float] = Field(default_factory=dict)
+    """Per-group learning-rate factors by parameter name: a prefix (`connectors`,
+    `encoders.vision`, `llm.model.embed_tokens`) or an fnmatch glob (`*.mlp.*`); the longest
+    matching key wins; e.g. {connectors: 10, encoders: 0.1}. metrics.jsonl logs the base lr."""
+    load_init_state: bool = False
+    """With train.init_from: also load the checkpoint's optimizer state (Adam moments, step
+    counts) for every parameter it trained ("weights + optimizer"; e.g. a cooldown branched
+    from a stable-phase checkpoint); other parameters start with a fresh state."""
 
     @model_validator(mode="after")
     def _check_betas(self) -> OptimConfig:
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        bad = {k: v for k, v in self.lr_multipliers.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"lr_multipliers must be >= 0, got {bad}")
         return self
 
 
