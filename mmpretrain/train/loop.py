@@ -31,7 +31,12 @@ from mmpretrain.train.distributed import (
     check_distributed_config,
     distributed_run,
 )
-from mmpretrain.train.init_from import init_model_from, resolve_init_checkpoint, run_dir_of
+from mmpretrain.train.init_from import (
+    init_model_from,
+    init_optimizer_from,
+    resolve_init_checkpoint,
+    run_dir_of,
+)
 from mmpretrain.train.media_loss import MediaLossMeter
 from mmpretrain.train.metrics import MetricsLogger, truncate_metrics
 from mmpretrain.train.run_dir import check_resume_config, config_hash, prepare_run_dir, record_run
@@ -155,6 +160,10 @@ def _train(
             print(report, flush=True)
     engine = Engine(ctx, cfg, model)  # compile, wrap or shard (distributed.backend), optimizer
     optimizer = engine.optimizer
+    if checkpoint is None and init is not None and cfg.optim.load_init_state:  # weights + optimizer
+        message = init_optimizer_from(init, model, optimizer, vocab)
+        if ctx.is_main:
+            print(message, flush=True)
 
     step, tokens, nan_skips, saved_data, saved_sources = 0, 0, 0, None, None
     if checkpoint is not None:
