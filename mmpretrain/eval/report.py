@@ -80,6 +80,8 @@ def plot_scores(entries: Sequence[dict[str, Any]], path: Path, title: str = "") 
     """A PNG with one panel per task: score against the number of shots."""
     import matplotlib
 
+    from mmpretrain.eval.metrics import LOWER_IS_BETTER
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -92,11 +94,14 @@ def plot_scores(entries: Sequence[dict[str, Any]], path: Path, title: str = "") 
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     for ax, ((task, metric), points) in zip(axes.flat, tasks.items(), strict=False):
         points.sort()
-        xs = [p[0] for p in points]
-        ax.plot(xs, [p[1] for p in points], marker="o")
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, marker="o")
         ax.set_xticks(xs)
+        finite = [y for y in ys if math.isfinite(y)]
+        if finite:  # scores are fractions (CIDEr and error rates may pass 1): start at 0
+            ax.set_ylim(min(0.0, *finite), max(1.0, *finite) * 1.05)
         ax.set_xlabel("shots")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
         ax.set_title(task)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks) :]:
