@@ -59,6 +59,7 @@ class DistContext:
     mesh: Any = None
     owns_group: bool = False
     checkpoint_group: Any = None  # a separate gloo group for background (async) checkpoint writes
+    set_local_rank: bool = False  # LOCAL_RANK was set for DeepSpeed in a process of its own
 
     @property
     def is_main(self) -> bool:
@@ -136,6 +137,9 @@ def setup_distributed(cfg: DistributedConfig) -> DistContext:
     if cfg.async_checkpoint and ctx.world_size > 1:
         ctx.checkpoint_group = dist.new_group(backend="gloo")
     if cfg.backend == "deepspeed":
+        if "LOCAL_RANK" not in os.environ:  # deepspeed.initialize insists on it (unset without torchrun)
+            os.environ["LOCAL_RANK"] = "0"
+            ctx.set_local_rank = True
         _init_deepspeed_comm(cuda)
     return ctx
 
@@ -158,7 +162,16 @@ def teardown_distributed(ctx: DistContext) -> None:
     if ctx.backend == "deepspeed":
         import deepspeed.comm.comm as ds_comm
 
-        ds_comm.cdb = None  # a later run in this process starts DeepSpeed's comm afresh
+        import deepspeed.utils.groups as ds_groups
+
+        # a later run in this process starts DeepSpeed's comm and its cached groups afresh
+        ds_comm.cdb = None
+        for name, value in list(vars(ds_groups).items()):
+            if name.startswith("_") and name.endswith(("_GROUP", "_GROUP_RANKS")):
+                setattr(ds_groups, name, {} if isinstance(value, dict) else None)
+        ds_groups.mesh_device = None
+    if ctx.set_local_rank:
+        os.environ.pop("LOCAL_RANK", None)
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -220,6 +233,11 @@ def check_distributed_config(cfg: RunConfig) -> None:
     if cfg.distributed.async_checkpoint and backend == "deepspeed":
         raise ConfigError(
             "distributed.async_checkpoint is not supported with deepspeed (it saves its own files)"
+        )
+    if cfg.distributed.cpu_offload and not torch.cuda.is_available():
+        raise ConfigError(
+            "distributed.cpu_offload moves parameters and optimizer state from the GPU to CPU memory; "
+            "without a CUDA GPU they are in CPU memory already: leave it false"
         )
     attention = getattr(cfg.model.llm, "attn_implementation", "sdpa")
     if attention == "flash_attention_2" and not flash_attention_available():
