@@ -165,9 +165,10 @@ def run_recipe(
             ):
                 _evaluate(stage, done, log, monitor)
         ran.append(stage.name)
+        train_cfg = _train_section(stage, done)
         for stop in _stops(stage, done, monitor.every if monitor else None, branches[stage.name]):
             run = stage.run.model_copy(
-                update={"train": stage.run.train.model_copy(update={"stop_after_steps": stop - done})}
+                update={"train": train_cfg.model_copy(update={"stop_after_steps": stop - done})}
             )
             result = train(run, stage.run_dir, resume=True, argv=argv)
             log.sync_training(stage, done)
@@ -187,6 +188,16 @@ def run_recipe(
     summary = summarize(run_dir, stages)
     print(format_summary(summary), flush=True)
     return RecipeResult(run_dir, ran, None, summary)
+
+
+def _train_section(stage: Stage, done: int) -> Any:
+    """The stage's train section; once it has a checkpoint, with the init_from it was
+    started with (not read on resume): a recipe directory that moved still resumes."""
+    saved = stage.run_dir / "config.yaml"
+    if done == 0 or not saved.is_file():
+        return stage.run.train
+    started = (yaml.safe_load(saved.read_text(encoding="utf-8")).get("train") or {}).get("init_from")
+    return stage.run.train.model_copy(update={"init_from": started})
 
 
 def _start_stage(stage: Stage, log: RecipeLog, monitor: Any) -> None:

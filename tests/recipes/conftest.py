@@ -92,8 +92,9 @@ def tiny_recipe(domains: dict[str, Path], demo_data: Path, tmp_path: Path) -> Ca
         }
         for stage_name, stage in data["stages"].items():
             stage["steps"] = (stage_steps or {}).get(stage_name, steps)
-            if stage.get("init", {}).get("step"):
-                stage["init"]["step"] = max(1, stage["steps"] // 2)
+        for stage in data["stages"].values():
+            if stage.get("init", {}).get("step"):  # a branch: from the middle of its source stage
+                stage["init"]["step"] = max(1, data["stages"][stage["init"]["source"]]["steps"] // 2)
             optim = stage.setdefault("optim", {})
             for key in ("warmup_steps", "decay_steps"):
                 if optim.get(key):
