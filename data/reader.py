@@ -46,7 +46,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmpretrain.config import ConfigModel
-from mmpretrain.errors import DataFormatError
+from mmpretrain.errors import DataFormatError, UserError
 
 from .decoders import (
     DEFAULT_MAX_AUDIO_SECONDS,
@@ -63,8 +63,12 @@ from .types import Sample
 
 logger = logging.getLogger("mmpretrain.data")
 
-UNSHUFFLED_BLOCK = 256
-"""Block size (samples) when ``shuffle_buffer`` is 0: the order is the identity."""
+MAX_WORKER_RESTARTS = 3
+"""Times the worker processes are restarted after one died, before the run stops."""
+
+UNSHUFFLED_BLOCK = 1
+"""Block size (samples) when ``shuffle_buffer`` is 0: the order is the identity, so each
+sample is passed on as soon as it is read (a block is held whole: one sample in memory)."""
 
 
 class ReaderConfig(ConfigModel):
@@ -86,6 +90,9 @@ class ReaderConfig(ConfigModel):
     """Larger images are skipped (image_too_large), checked before decoding."""
     max_audio_seconds: float = Field(DEFAULT_MAX_AUDIO_SECONDS, gt=0)
     """Longer audio clips are skipped (audio_too_long), checked before decoding."""
+    worker_timeout: float = Field(600.0, ge=0)
+    """Seconds to wait for a worker's next sample before stopping with an error (a stalled
+    `pipe:` command or network file system); 0 = wait forever. Only with num_workers > 0."""
 
     @property
     def limits(self) -> DecodeLimits:
@@ -420,36 +427,72 @@ class ShardReader:
         plan = self._plan
         positions, next_worker = list(start.positions), start.next_worker
         self.budget = budget = ErrorBudget(self.config.max_errors, self.config.max_error_rate)
-        items: Iterator[_Item]
+        restarts = 0
+        while True:
+            items = self._items(positions, next_worker)
+            try:
+                for item in items:
+                    if item.worker != next_worker:  # DataLoader's round-robin is what makes this exact
+                        raise RuntimeError(
+                            f"reader got an item from worker {item.worker}, expected {next_worker}"
+                        )
+                    positions[item.worker] = item.next_position
+                    next_worker = (item.worker + 1) % plan.num_workers
+                    budget.record(item.events, good=item.sample is not None)
+                    if item.sample is not None:
+                        yield item.sample, self._state(positions, next_worker)
+            except RuntimeError as exc:
+                # A worker killed (the OOM killer, a crash in a decoder library): the state
+                # is exact, so new workers continue where the merged stream stands.
+                restarts = self._after_worker_failure(exc, restarts)
+            finally:
+                # Stop worker processes now, also when the budget raises (a traceback would
+                # otherwise keep the loader, and its prefetching workers, alive).
+                shutdown = getattr(items, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+
+    def _items(self, positions: Sequence[int], next_worker: int) -> Iterator[_Item]:
+        """Every worker's items merged round-robin, from ``positions`` on."""
         if self.config.num_workers == 0:
-            items = _worker_items(plan, 0, positions[0])
-        else:
-            loader = DataLoader(
-                _WorkerStreams(plan, positions, next_worker),
-                batch_size=None,
-                num_workers=self.config.num_workers,
-                collate_fn=cast(Any, _identity),
-                persistent_workers=False,
-                in_order=True,  # strict round-robin over workers: what makes the merge exact
-            )
-            items = iter(loader)
-        try:
-            for item in items:
-                if item.worker != next_worker:  # DataLoader's round-robin is what makes this exact
-                    raise RuntimeError(
-                        f"reader got an item from worker {item.worker}, expected {next_worker}"
-                    )
-                positions[item.worker] = item.next_position
-                next_worker = (item.worker + 1) % plan.num_workers
-                budget.record(item.events, good=item.sample is not None)
-                if item.sample is not None:
-                    yield item.sample, self._state(positions, next_worker)
-        finally:
-            # Stop worker processes now, also when the budget raises (a traceback would
-            # otherwise keep the loader, and its prefetching workers, alive).
-            shutdown = getattr(items, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            return _worker_items(self._plan, 0, positions[0])
+        loader = DataLoader(
+            _WorkerStreams(self._plan, positions, next_worker),
+            batch_size=None,
+            num_workers=self.config.num_workers,
+            collate_fn=cast(Any, _identity),
+            persistent_workers=False,
+            in_order=True,  # strict round-robin over workers: what makes the merge exact
+            timeout=self.config.worker_timeout,
+        )
+        return iter(loader)
+
+    def _after_worker_failure(self, exc: RuntimeError, restarts: int) -> int:
+        """Restart count after a DataLoader error: a dead worker is restarted (up to
+        MAX_WORKER_RESTARTS times); a timeout or anything else stops the run."""
+        text = str(exc)
+        if "DataLoader timed out" in text:
+            raise UserError(
+                f"no sample from a data worker in {self.config.worker_timeout:g} s (shards "
+                f"{self.shards[0]}, ...): a stalled pipe: command or file system? raise "
+                "worker_timeout in the reader config if reading is this slow"
+            ) from exc
+        if "DataLoader worker" not in text or not ("exited unexpectedly" in text or "killed" in text):
+            raise exc
+        restarts += 1
+        if restarts > MAX_WORKER_RESTARTS:
+            raise UserError(
+                f"data workers died {restarts} times ({text}); out of memory? lower num_workers "
+                "or shuffle_buffer in the reader config; committed checkpoints are intact: "
+                "continue with --resume"
+            ) from exc
+        logger.warning(
+            "%s: restarting the data workers at the current position (%d/%d)",
+            text,
+            restarts,
+            MAX_WORKER_RESTARTS,
+        )
+        return restarts
 
 
 # ------------------------------------------------------------------------------ stats

@@ -103,8 +103,11 @@ def _train_under_torchrun(args: argparse.Namespace, config: RunConfig, run_dir: 
     argv += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite)) if on]
     argv += ["--debug"] if getattr(args, "debug", False) else []
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", str(args.nproc), "-m", "mmpretrain.cli", *argv]
-    env = {"TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", **os.environ}
+    command += [f"--nproc-per-node={args.nproc}"]
+    # SIGUSR1 (a scheduler's preemption notice) reaches the ranks too, and they get time to save
+    command += ["--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "--shutdown-timeout=600"]
+    command += ["-m", "mmpretrain.cli", *argv]
+    env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max((os.cpu_count() or 1) // args.nproc, 1)))
     process = subprocess.Popen(command, env=env)
 
@@ -497,6 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"error: {cause.strerror or cause}{where}: free disk space (or raise the quota or "
                 f"file-size limit) and run again{after}",
+                file=sys.stderr,
+            )
+            return 2
+        if isinstance(cause, RuntimeError) and str(cause).startswith("DataLoader worker"):
+            # torch's SIGCHLD handler raises a worker's death wherever the main process is
+            print(
+                f"error: {cause}: out of memory? lower num_workers or shuffle_buffer in the "
+                "data reader config; committed checkpoints are intact: continue with --resume",
                 file=sys.stderr,
             )
             return 2
