@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from mmpretrain import __version__, data_cli, export_cli
 from mmpretrain.errors import NotImplementedYetError, UserError
@@ -213,6 +213,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and examples."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def _add(
     subparsers: argparse._SubParsersAction,
     name: str,
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
     )
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmpt",
         description="Pre-train multimodal language models (mmpretrain).",
         epilog="Run `mmpt COMMAND --help` for the options and examples of a command.",
@@ -475,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help(sys.stderr)
+        print("error: a command is missing (see `mmpt --help` and `mmpt COMMAND --help`)", file=sys.stderr)
         return 2
     try:
         return handler(args)
