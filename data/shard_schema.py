@@ -177,6 +177,11 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN and Infinity, which are not JSON (the writer refuses them)
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_sample_json(key: str, raw: bytes, members: Collection[str] | None = None) -> dict[str, Any]:
     """Decode ``KEY.json`` bytes (strict UTF-8 JSON), validate them, return the object."""
     try:
@@ -186,10 +191,12 @@ def parse_sample_json(key: str, raw: bytes, members: Collection[str] | None = No
             f"sample {key!r}: {key}.json is not valid UTF-8 (byte {exc.start}): {exc.reason}"
         ) from None
     try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        obj = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+        validate_sample_json(key, obj, members)
     except ValueError as exc:  # JSONDecodeError is a ValueError, as is a duplicate key
         raise DataFormatError(f"sample {key!r}: {key}.json is not valid JSON: {exc}") from None
-    validate_sample_json(key, obj, members)
+    except RecursionError:  # "[[[[...": a hostile file must not crash the reader
+        raise DataFormatError(f"sample {key!r}: {key}.json is nested too deeply") from None
     return obj
 
 

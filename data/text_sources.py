@@ -352,6 +352,9 @@ def _jsonl_documents(path: Path, field: str, skips: SkipCounter) -> Iterator[Tex
                     continue
                 try:
                     obj = json.loads(line)
+                except RecursionError:  # "[[[[...": hostile input must not crash the run
+                    skips.skip("invalid_json", where, "invalid JSON: nested too deeply")
+                    continue
                 except ValueError as exc:
                     msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                     column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""

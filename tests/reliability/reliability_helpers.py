@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,3 +453,57 @@ def random_points(rng: random.Random, max_steps: int, save_every: int, count: in
             yield CrashPoint("shard_open", rng.randint(2, 6))
         else:
             yield CrashPoint("timer", delay=rng.uniform(0.0, 0.6))
+
+
+# ---------------------------------------------------------------------------- resources
+
+
+class Hang(BaseException):
+    """The code under test ran past its deadline (a BaseException, so that no ``except
+    Exception`` on the way swallows it)."""
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail the test instead of hanging past ``seconds``."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise Hang(f"still running after {seconds} s: the code under test hangs")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+@contextmanager
+def peak_rss_growth() -> Iterator[dict[str, float]]:
+    """The peak resident memory (MB) above the starting point while the block runs: resets
+    the kernel's high-water mark (/proc/self/clear_refs), then reads VmHWM. Counts every
+    allocation (Pillow's and torch's buffers too, which tracemalloc does not see)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+    except OSError as exc:
+        _skip(f"cannot reset the peak RSS here ({exc}); Linux only")
+    result: dict[str, float] = {}
+    start = _rss_kb("VmRSS")
+    yield result
+    result["mb"] = (_rss_kb("VmHWM") - start) / 1024
+
+
+def _skip(reason: str) -> None:
+    import pytest
+
+    pytest.skip(reason)

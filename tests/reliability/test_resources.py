@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_helpers import corpus_documents, write_text_shards
+from reliability_helpers import corpus_documents, deadline, peak_rss_growth, write_text_shards
 
 from mmpretrain.data import reader as reader_module
 from mmpretrain.data.media_pipeline import MediaBatchStream, MediaDataConfig, StandInImageProcessor
@@ -33,51 +33,6 @@ from mmpretrain.errors import UserError
 
 HUGE_SAMPLES = 30
 IMAGE_SIDE = 900  # an incompressible 900x900 RGB PNG: 2.4 MB raw, 2.4 MB decoded
-
-
-class Hang(BaseException):
-    """The code under test ran past its deadline (a BaseException, so that no ``except
-    Exception`` on the way swallows it)."""
-
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail the test instead of hanging past ``seconds``."""
-
-    def expired(signum: int, frame: Any) -> None:
-        raise Hang(f"still running after {seconds} s: the code under test hangs")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-@contextmanager
-def peak_rss_growth() -> Iterator[dict[str, float]]:
-    """The peak resident memory (MB) above the starting point while the block runs: resets
-    the kernel's high-water mark (/proc/self/clear_refs), then reads VmHWM. Counts every
-    allocation (Pillow's and torch's buffers too, which tracemalloc does not see)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-            clear.write("5")
-    except OSError as exc:
-        pytest.skip(f"cannot reset the peak RSS here ({exc}); Linux only")
-    result: dict[str, float] = {}
-    start = _rss_kb("VmRSS")
-    yield result
-    result["mb"] = (_rss_kb("VmHWM") - start) / 1024
 
 
 @pytest.fixture(scope="module")
