@@ -31,6 +31,26 @@ def resolve_device(name: str) -> str:
     return name
 
 
+LM_EVAL_PREFIX = "lm-eval:"
+"""``--task lm-eval:TASK.yaml`` runs an lm-evaluation-harness task YAML on the text model."""
+
+
+def lm_eval_command(args: argparse.Namespace, task_files: list[str]) -> int:
+    """Run lm-eval task YAMLs in-process on the checkpoint's LLM; print (and write) the results."""
+    import json
+
+    from mmpretrain.eval.text_harness import run_lm_eval
+
+    results = run_lm_eval(args.checkpoint, task_files, limit=args.limit)
+    metrics = {task: values for task, values in results.get("results", {}).items()}
+    for task, values in metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+        print(f"{task}: {shown}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"harness": "lm-eval", "results": metrics}, indent=2) + "\n")
+    return 0
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """Run the evaluation; print one line per (task, shots) and the table; write the report."""
     from mmpretrain.eval.engine import Evaluator
@@ -45,6 +65,13 @@ def eval_command(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.task.split(",") if name.strip()]
     if not names:
         raise UserError("--task names no task; see `mmpt list tasks`")
+    harness = [name.removeprefix(LM_EVAL_PREFIX) for name in names if name.startswith(LM_EVAL_PREFIX)]
+    if harness:
+        if len(harness) != len(names):
+            raise UserError(
+                f"--task: give {LM_EVAL_PREFIX}FILE tasks (lm-evaluation-harness) in a command of their own"
+            )
+        return lm_eval_command(args, harness)
     tasks = [load_task(name, args.set or []) for name in names]  # a bad task fails before loading
     device = resolve_device(args.device)
     loaded = load_for_eval(args.checkpoint, device)
