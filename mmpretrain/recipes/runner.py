@@ -202,9 +202,18 @@ def _train_section(stage: Stage, done: int) -> Any:
 
 def _start_stage(stage: Stage, log: RecipeLog, monitor: Any) -> None:
     """Before a stage's first step: write its init report and evaluate its start."""
+    if not monitor and stage.run.train.init_from is None:  # a fresh init: nothing to load or score
+        stage.run_dir.mkdir(parents=True, exist_ok=True)
+        (stage.run_dir / INIT_REPORT).write_text(json.dumps({"source": None, "kind": "fresh init"}) + "\n")
+        return
     loaded, report = load_stage_model(stage, None)  # (the loop prints the report when it starts)
-    data = report.as_dict() if report is not None else {"source": None, "kind": "fresh init"}
-    data["optimizer"] = "weights+optimizer" if stage.run.optim.load_init_state else "weights"
+    if report is None:
+        data: dict[str, Any] = {"source": None, "kind": "fresh init", "load": None}
+    else:
+        data = {
+            **report.as_dict(),
+            "load": "weights+optimizer" if stage.run.optim.load_init_state else "weights",
+        }
     (stage.run_dir / INIT_REPORT).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     if monitor and not log.has_eval(stage, 0):
         _record(stage, 0, log, evaluate(loaded, monitor))

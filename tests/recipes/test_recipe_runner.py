@@ -6,6 +6,7 @@ trainable parameters and the data mix exactly at the first step of the new stage
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from mmpretrain.cli import main
 from mmpretrain.recipes.config import Recipe
-from mmpretrain.recipes.monitor import load_stage_model, read_jsonl
+from mmpretrain.recipes.monitor import evaluate, load_stage_model, read_jsonl
 from mmpretrain.recipes.runner import run_recipe
 from mmpretrain.train.init_from import _read_dcp_tensors
 from mmpretrain.train.metrics import read_metrics
@@ -52,7 +53,7 @@ def test_a_wsd_recipe_with_a_branched_cooldown_runs_from_the_cli(
     report = json.loads((run / "stages/01-cooldown_mid/init_report.json").read_text())
     assert (
         report["source"].endswith("00-stable/kept/step_0000002")
-        and report["optimizer"] == "weights+optimizer"
+        and report["load"] == "weights+optimizer"
     )
     evals = read_jsonl(run / "eval.jsonl")
     assert [(r["stage"], r["stage_step"], r["step"]) for r in evals] == [
@@ -145,10 +146,29 @@ def test_stage_boundaries_switch_trainable_parts_and_the_mix_at_once(
     # the documents each stage's reader draws, from its first on: the stage's own mix
     from mmpretrain.data.mixing import MixedReader
 
-    for stage, expected in zip(stages, ({"text": 1.0}, {"demo": 1.0}, {"demo": 0.5, "text": 0.5}), strict=True):
+    for stage, expected in zip(
+        stages, ({"text": 1.0}, {"demo": 1.0}, {"demo": 0.5, "text": 0.5}), strict=True
+    ):
         assert stage.run.data is not None and stage.run.data.shards is not None
         reader = MixedReader(stage.run.data.shards.mix, seed=stage.run.train.seed)
         draws = [reader.source_at(i) for i in range(400)]
         assert {name: draws.count(name) / 400 for name in expected} == pytest.approx(expected, abs=0.1)
         last = read_metrics(stage.run_dir)[-1]
         assert {k[5:] for k, v in last.items() if k.startswith("docs/") and v} <= set(expected)
+
+
+def test_monitoring_scores_held_out_domains_and_few_shot_tasks(
+    tiny_recipe: Callable[..., Recipe], demo_data: Path, tmp_path: Path
+) -> None:
+    probe = {"task": "shapes_classify", "set": [f"heldout={demo_data / 'heldout'}"]}
+    recipe = tiny_recipe("vlm_llava", monitor={"tasks": [probe], "limit": 2})
+    assert recipe.config.monitor is not None
+    loaded, report = load_stage_model(recipe.stages(tmp_path)[0], None)  # the fresh init: no report
+    record = evaluate(loaded, recipe.config.monitor)
+    assert report is None and set(record) == {
+        "heldout/royal/loss", "heldout/royal/ppl", "heldout/royal/tokens",
+        "heldout/demo/loss", "heldout/demo/ppl", "heldout/demo/tokens",
+        "eval/shapes_classify/0shot",
+    }  # fmt: skip
+    assert record["heldout/royal/ppl"] == pytest.approx(math.exp(record["heldout/royal/loss"]))
+    assert record["heldout/demo/tokens"] > 0 and 0 <= record["eval/shapes_classify/0shot"] <= 1
