@@ -341,9 +341,8 @@ def init_optimizer_from(
             else:
                 state[fqn] = mapped
                 loaded.append(fqn)
-    set_optimizer_state_dict(
-        model, optimizer, {"state": state, "param_groups": current["param_groups"]}, options=full
-    )
+    optim_state: Any = {"state": state, "param_groups": current["param_groups"]}
+    set_optimizer_state_dict(model, optimizer, optim_state, options=full)
     first = f" (first fresh: {fresh[0]})" if fresh else ""
     return (
         f"optimizer state from {checkpoint}: loaded for {len(loaded)} parameters, "

@@ -66,7 +66,7 @@ class GroupScaledAdamW(torch.optim.AdamW):
     on every group, and each step runs every group at ``lr * lr_scale`` (the groups' ``lr``
     reads the scheduled value again afterwards, so logs and checkpoints hold the base lr)."""
 
-    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
         scheduled = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
