@@ -34,7 +34,10 @@ class ConfigModel(BaseModel):
     schema is built on first use (``defer_build``) so registry unions see every plugin.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True)
+    # allow_inf_nan=False: `optim.lr=.inf` or `nan` passes a `gt=0` bound but is never meant
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, defer_build=True, allow_inf_nan=False
+    )
 
 
 class ComponentConfig(ConfigModel):

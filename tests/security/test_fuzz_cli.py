@@ -316,3 +316,13 @@ def test_random_command_lines_exit_0_or_2_with_one_line_thorough(
     workspace: Workspace, argv: list[str]
 ) -> None:
     argv_property(workspace, argv)
+
+
+@pytest.mark.parametrize(
+    "override", ["optim.lr=.inf", "optim.lr=1e309", "train.grad_clip=.nan", "optim.eps=-.inf"]
+)
+def test_non_finite_numbers_are_config_errors(workspace: Workspace, override: str) -> None:
+    """inf passes a `gt=0` bound; no config number may be inf or nan (found by the fuzz:
+    `optim.lr=1e309` trained a step, then stopped on NaN with a run directory behind)."""
+    assert not is_valid(workspace, [override])
+    check_train_fails_cleanly(workspace, ["--set", override])
