@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_helpers import corpus_documents, tiny_run_config, write_text_shards, write_yaml
+from reliability_helpers import (
+    corpus_documents,
+    losses,
+    run_quietly,
+    tiny_run_config,
+    train_argv,
+    write_text_shards,
+    write_yaml,
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +44,24 @@ def write_config(tmp_path: Path, text_shards: Path, tokenizer_dir: Path) -> Call
         return write_yaml(tmp_path / name, tiny_run_config(text_shards, tokenizer_dir, **sections))
 
     return write
+
+
+@pytest.fixture(scope="session")
+def reference_run(
+    tmp_path_factory: pytest.TempPathFactory, text_shards: Path, tokenizer_dir: Path
+) -> Callable[..., tuple[Path, list[float]]]:
+    """Factory: the config and losses of an uninterrupted run with these ``train`` settings
+    (run once per test process; runs resumed against it use copies of the config)."""
+    cache: dict[str, tuple[Path, list[float]]] = {}
+
+    def reference(**train: Any) -> tuple[Path, list[float]]:
+        key = json.dumps(train, sort_keys=True)
+        if key not in cache:
+            root = tmp_path_factory.mktemp("reference")
+            config = write_yaml(root / "run.yaml", tiny_run_config(text_shards, tokenizer_dir, train=train))
+            code, output = run_quietly(train_argv(config, root / "uninterrupted"))
+            assert code == 0, output
+            cache[key] = (config, losses(root / "uninterrupted"))
+        return cache[key]
+
+    return reference

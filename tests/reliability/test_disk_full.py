@@ -46,11 +46,8 @@ def tree_digest(directory: Path) -> str:
 
 
 @pytest.fixture
-def reference(write_config: Callable[..., Path], tmp_path: Path) -> tuple[Path, list[float]]:
-    config = write_config(train={"max_steps": MAX_STEPS, "save_every": 3})
-    code, output = run_quietly(train_argv(config, tmp_path / "uninterrupted"))
-    assert code == 0, output
-    return config, losses(tmp_path / "uninterrupted")
+def reference(reference_run: Callable[..., tuple[Path, list[float]]]) -> tuple[Path, list[float]]:
+    return reference_run(max_steps=MAX_STEPS, save_every=3)
 
 
 def fail_second_save(

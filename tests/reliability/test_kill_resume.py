@@ -19,10 +19,7 @@ from reliability_helpers import (
     CrashPoint,
     hook_owner,
     kill_and_resume_trial,
-    losses,
     random_points,
-    run_quietly,
-    train_argv,
 )
 
 MAX_STEPS = 16
@@ -30,12 +27,9 @@ SAVE_EVERY = 3
 
 
 @pytest.fixture
-def reference(write_config: Callable[..., Path], tmp_path: Path) -> tuple[Path, list[float]]:
+def reference(reference_run: Callable[..., tuple[Path, list[float]]]) -> tuple[Path, list[float]]:
     """The config and the losses of an uninterrupted run."""
-    config = write_config(train={"max_steps": MAX_STEPS, "save_every": SAVE_EVERY})
-    code, output = run_quietly(train_argv(config, tmp_path / "uninterrupted"))
-    assert code == 0, output
-    curve = losses(tmp_path / "uninterrupted")
+    config, curve = reference_run(max_steps=MAX_STEPS, save_every=SAVE_EVERY)
     assert len(curve) == MAX_STEPS
     return config, curve
 

@@ -29,12 +29,9 @@ under a second for these runs; schedulers typically grant 30 s or more)."""
 
 
 @pytest.fixture
-def reference(write_config: Callable[..., Path], tmp_path: Path) -> tuple[Path, list[float]]:
+def reference(reference_run: Callable[..., tuple[Path, list[float]]]) -> tuple[Path, list[float]]:
     # save_every above max_steps: the only checkpoints are the signal's and the final one
-    config = write_config(train={"max_steps": MAX_STEPS, "save_every": 1000, "batch_size": 4})
-    code, output = run_quietly(train_argv(config, tmp_path / "uninterrupted"))
-    assert code == 0, output
-    return config, losses(tmp_path / "uninterrupted")
+    return reference_run(max_steps=MAX_STEPS, save_every=1000, batch_size=4)
 
 
 def resume_exactly(config: Path, run_dir: Path, curve: list[float]) -> None:
@@ -66,11 +63,9 @@ def test_stop_signal_saves_a_final_checkpoint_and_exits_cleanly(
 
 
 def test_signal_during_a_checkpoint_write_lets_it_finish(
-    write_config: Callable[..., Path], tmp_path: Path
+    reference_run: Callable[..., tuple[Path, list[float]]], tmp_path: Path
 ) -> None:
-    config = write_config(train={"max_steps": 12, "save_every": 3})
-    code, output = run_quietly(train_argv(config, tmp_path / "uninterrupted"))
-    assert code == 0, output
+    config, curve = reference_run(max_steps=12, save_every=3)
     run_dir = tmp_path / "run"
     # SIGTERM arrives between writing the second checkpoint's files and its rename
     result = run_crash_child(
@@ -86,7 +81,7 @@ def test_signal_during_a_checkpoint_write_lets_it_finish(
     # stopping at the next step boundary, one step later) with a checkpoint of its last step
     assert committed[:2] == ["step_0000003", "step_0000006"] and committed[-1] == f"step_{last:07d}"
     assert last in (6, 7)
-    resume_exactly(config, run_dir, losses(tmp_path / "uninterrupted"))
+    resume_exactly(config, run_dir, curve)
 
 
 def test_second_sigint_interrupts_at_once(reference: tuple[Path, list[float]], tmp_path: Path) -> None:
