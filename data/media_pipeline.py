@@ -39,7 +39,7 @@ from mmpretrain.data.reader import ReaderConfig, ReaderState, ShardReader
 from mmpretrain.data.skips import SkipCounter
 from mmpretrain.data.tokenizer import TextTokenizer
 from mmpretrain.data.types import PackedBatch
-from mmpretrain.errors import DataFormatError
+from mmpretrain.errors import ConfigError, DataFormatError
 
 AnyReaderState: TypeAlias = ReaderState | MixState
 """The state of a :class:`ShardReader` or of a :class:`MixedReader`."""
@@ -304,6 +304,12 @@ class MediaBatchStream:
                     sample, self.tokenizer, self.processors, self.codes, self.document_loss
                 )
             except KeyError as missing:
+                if not self.processors and self.codes is None:
+                    raise ConfigError(
+                        f"data.shards holds media ({missing} in {sample.shard}:{sample.key}) but the model "
+                        "has no encoders and no media tokenizers: add model.encoders (+ connectors) or "
+                        "model.media_tokenizers, or use text-only shards"
+                    ) from None
                 self.skips.skip("no_processor", f"{sample.shard}:{sample.key}", f"no processor for {missing}")
                 continue
             problem = self._fits(document)

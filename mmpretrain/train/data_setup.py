@@ -126,11 +126,8 @@ def batch_stream(
     resumed at ``state`` (the JSON form saved in a checkpoint); media of the modalities in
     ``codes`` become code tokens (early fusion)."""
     if cfg.shards is not None:
-        if not processors and codes is None:
-            raise ConfigError(
-                "data.shards holds media but the model has no encoders and no media tokenizers: "
-                "add model.encoders (+ connectors) or model.media_tokenizers"
-            )
+        # A text-only model may read text-only shards; the stream stops at the first media
+        # item it has no encoder or media tokenizer for (see MediaBatchStream).
         media = MediaBatchStream(
             cfg.shards, tokenizer, processors, seq_len, batch_size, seed, rank, world_size, codes=codes
         )

@@ -18,6 +18,7 @@ from mmpretrain.data.media_pipeline import (
 )
 from mmpretrain.data.reader import ReaderConfig
 from mmpretrain.data.tokenizer import TextTokenizer, train_bpe
+from mmpretrain.errors import ConfigError
 
 PROCESSORS = {"image": StandInImageProcessor(size=32, patch=8), "audio": StandInAudioProcessor()}
 
@@ -118,3 +119,12 @@ def test_mostly_unpackable_media_stops_with_the_reason(demo_shards: Path, tokeni
     media_stream = MediaBatchStream(cfg, tokenizer, huge, seq_len=256, batch_size=2, seed=0)
     with pytest.raises(DataFormatError, match=r"too many bad records in media documents \(unpackable\)"):
         list(itertools.islice(media_stream.batches(), 200))
+
+
+def test_media_for_a_model_without_encoders_is_a_config_error(
+    demo_shards: Path, tokenizer: TextTokenizer
+) -> None:
+    cfg = MediaDataConfig(reader=ReaderConfig(shards=[str(demo_shards / "shard-*.tar")]), buffer_docs=8)
+    text_only = MediaBatchStream(cfg, tokenizer, {}, seq_len=256, batch_size=2, seed=0)
+    with pytest.raises(ConfigError, match="has no encoders and no media tokenizers"):
+        next(text_only.batches())
