@@ -91,6 +91,9 @@ def _manifest_entries(path: Path, name: str) -> Iterator[tuple[str, Any] | Recor
         except json.JSONDecodeError as exc:
             yield RecordSkip("invalid_json", f"{name}:{exc.lineno}", f"not valid JSON: {exc.msg}")
             return
+        except RecursionError:  # "[[[[...": hostile input must not crash the build
+            yield RecordSkip("invalid_json", name, "not valid JSON: nested too deeply")
+            return
         if not isinstance(items, list):
             yield RecordSkip("invalid_json", name, "expected a JSON list of utterances or JSON Lines")
             return
@@ -106,6 +109,8 @@ def _manifest_entries(path: Path, name: str) -> Iterator[tuple[str, Any] | Recor
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
             yield RecordSkip("invalid_json", where, f"not valid JSON: {exc.msg} at column {exc.colno}")
+        except RecursionError:
+            yield RecordSkip("invalid_json", where, "not valid JSON: nested too deeply")
 
 
 def _is_number(value: object) -> bool:

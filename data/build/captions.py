@@ -66,6 +66,8 @@ def read_json(path: Path) -> Any:
         raise DataFormatError(
             f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}){hint}"
         ) from None
+    except RecursionError:  # "[[[[...": hostile input must not crash the build
+        raise DataFormatError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def jsonl_objects(path: Path) -> Iterator[tuple[str, Any] | RecordSkip]:
@@ -86,6 +88,8 @@ def jsonl_objects(path: Path) -> Iterator[tuple[str, Any] | RecordSkip]:
                 yield RecordSkip("bad_json", where, "the line is not UTF-8 text")
             except json.JSONDecodeError as exc:
                 yield RecordSkip("bad_json", where, f"not valid JSON: {exc.msg} at column {exc.colno}")
+            except RecursionError:
+                yield RecordSkip("bad_json", where, "not valid JSON: nested too deeply")
 
 
 def media_segment(

@@ -71,6 +71,9 @@ def _json_lines(lines: Iterable[bytes], name: str) -> Iterator[Row | RecordSkip]
             except ValueError as exc:
                 yield RecordSkip("invalid_json", where, f"invalid JSON: {exc}")
                 continue
+            except RecursionError:  # "[[[[...": hostile input must not crash the build
+                yield RecordSkip("invalid_json", where, "invalid JSON: nested too deeply")
+                continue
             if not isinstance(obj, dict):
                 yield RecordSkip("malformed_row", where, f"expected a JSON object, got {_type_name(obj)}")
                 continue

@@ -52,6 +52,8 @@ def _json_field(row: dict[str, Any], field: str, kind: type) -> Any:
             value = json.loads(value)
         except ValueError as exc:
             raise ValueError(f"{field} is not valid JSON: {exc}") from None
+        except RecursionError:  # "[[[[...": hostile input must not crash the build
+            raise ValueError(f"{field} is not valid JSON: nested too deeply") from None
     if not isinstance(value, kind):
         raise ValueError(f"{field} decodes to {_type_name(value)}, not a JSON {kind.__name__}")
     return value

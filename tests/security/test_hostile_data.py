@@ -281,3 +281,25 @@ def test_training_on_mostly_broken_data_stops_with_one_line(hostile: Hostile, tm
     assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
     assert "too many bad records" in errors[0] and ".tar:s0" in errors[0], errors
     assert not (tmp_path / "run").exists()  # nothing trained: no half-made run directory
+
+
+def test_deeply_nested_json_in_build_inputs_is_a_skip_not_a_crash(hostile: Hostile, tmp_path: Path) -> None:
+    """A JSON line nested 100,000 deep made json.loads raise RecursionError (an internal
+    error that ended the build); the build parsers now skip it like any invalid line."""
+    from mmpretrain.data.build.asr import _manifest_entries
+    from mmpretrain.data.build.captions import jsonl_objects, read_json
+    from mmpretrain.data.build.interleaved import input_rows
+    from mmpretrain.data.build.records import RecordSkip
+
+    deep = "[" * 100_000 + "]" * 100_000
+    good = json.dumps({"text": "fine", "caption": "fine", "audio_filepath": "a.flac", "duration": 1.0})
+    lines = tmp_path / "input.jsonl"
+    lines.write_text(f"{good}\n{deep}\n{good}\n", encoding="utf-8")
+    parsed = [list(input_rows(lines)), list(jsonl_objects(lines)), list(_manifest_entries(lines, "input"))]
+    for rows in parsed:
+        skips = [r for r in rows if isinstance(r, RecordSkip)]
+        assert len(rows) == 3 and len(skips) == 1 and "nested too deeply" in str(skips[0]), rows
+    whole = tmp_path / "whole.json"
+    whole.write_text(deep, encoding="utf-8")
+    with pytest.raises(DataFormatError, match="nested too deeply"):
+        read_json(whole)
