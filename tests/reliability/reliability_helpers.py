@@ -381,7 +381,9 @@ def check_committed_are_complete(run_dir: Path) -> None:
     for path in committed_checkpoints(run_dir):
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         assert state["step"] == int(path.name.removeprefix("step_")), path
-        assert (path / "tensors" / "model.safetensors.index.json").is_file(), path
+        shards = list((path / "tensors").glob("shard-*.safetensors"))  # one per rank of a sharded save
+        index = (path / "tensors" / "model.safetensors.index.json").is_file()
+        assert index or len(shards) == state.get("world_size", 1), path
 
 
 @dataclass

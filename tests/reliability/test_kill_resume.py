@@ -8,7 +8,12 @@ The kills are real SIGKILLs of a forked copy of the test process running ``mmpt 
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +22,10 @@ from reliability_helpers import (
     CHECKPOINT_HOOKS,
     HOOKS,
     CrashPoint,
+    check_committed_are_complete,
     hook_owner,
     kill_and_resume_trial,
+    losses,
     random_points,
 )
 
@@ -79,3 +86,50 @@ def test_kill_9_at_20_random_points_resumes_exactly(
         if not result.exact:
             failures.append(f"trial {trial} ({[p.describe() for p in chain]}): {result.detail}")
     assert not failures, failures
+
+
+def torchrun(*args: str) -> subprocess.Popen[str]:
+    """``torchrun --standalone --nproc-per-node 2 -m mmpretrain.cli ARGS`` in its own
+    process group (so that kill -9 takes torchrun and both ranks at once)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [*command, "-m", "mmpretrain.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finished(process: subprocess.Popen[str], timeout: float = 300) -> None:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_9_on_two_gloo_ranks_resumes_exactly(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """FSDP2 on 2 gloo ranks: kill -9 of torchrun and both ranks at a random step (twice in
+    a row), resume at 2 ranks: the losses equal an uninterrupted 2-rank run's bitwise."""
+    from mmpretrain.train.metrics import read_metrics
+
+    config = write_config(
+        train={"max_steps": 12, "save_every": 2, "batch_size": 2}, distributed={"backend": "fsdp2"}
+    )
+    finished(torchrun("train", str(config), "--run-dir", str(tmp_path / "full")))
+    run_dir = tmp_path / "killed"
+    rng = random.Random(2)
+    for attempt in range(2):
+        resume = ["--resume"] if attempt else []
+        process = torchrun("train", str(config), "--run-dir", str(run_dir), *resume)
+        kill_at = rng.randint(2 + 4 * attempt, 5 + 4 * attempt)
+        deadline = time.monotonic() + 300
+        while not (read_metrics(run_dir) and read_metrics(run_dir)[-1]["step"] >= kill_at):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        check_committed_are_complete(run_dir)
+    finished(torchrun("train", str(config), "--run-dir", str(run_dir), "--resume"))
+    assert losses(run_dir) == losses(tmp_path / "full")
