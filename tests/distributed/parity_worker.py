@@ -39,7 +39,7 @@ def install() -> None:
         for batch, after in stream:
             yield rows_of(batch, slice(rank * batch_size, (rank + 1) * batch_size)), after
 
-    loop.batch_stream = sliced  # type: ignore[assignment]
+    loop.batch_stream = sliced
 
 
 if __name__ == "__main__":
