@@ -67,7 +67,7 @@ from reliability_helpers import (  # noqa: E402
     CrashPoint,
     check_committed_are_complete,
     corpus_documents,
-    kill_and_resume_trial,
+    landed_trial,
     losses,
     random_points,
     run_crash_child,
@@ -129,7 +129,7 @@ class Bench:
             chain = [point]
             if not self.quick and trial % 5 == 4:
                 chain.append(next(random_points(rng, MAX_STEPS, SAVE_EVERY, 1)))
-            result = kill_and_resume_trial(config, self.root / f"kill{trial}", curve, chain)
+            result, chain = landed_trial(config, self.root / f"kill{trial}", curve, chain)
             exact += result.exact
             killed += result.killed
             described.append("+".join(p.describe() for p in chain) + ("" if result.exact else " FAILED"))

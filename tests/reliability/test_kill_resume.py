@@ -25,6 +25,7 @@ from reliability_helpers import (
     check_committed_are_complete,
     hook_owner,
     kill_and_resume_trial,
+    landed_trial,
     losses,
     random_points,
 )
@@ -82,7 +83,8 @@ def test_kill_9_at_20_random_points_resumes_exactly(
         chain = [point]
         if trial % 5 == 4:  # every fifth trial is killed twice before it finishes
             chain.append(next(random_points(rng, MAX_STEPS, SAVE_EVERY, 1)))
-        result = kill_and_resume_trial(config, tmp_path / f"trial{trial}", curve, chain)
+        result, chain = landed_trial(config, tmp_path / f"trial{trial}", curve, chain)
+        assert result.killed, f"trial {trial}: no kill landed ({[p.describe() for p in chain]})"
         if not result.exact:
             failures.append(f"trial {trial} ({[p.describe() for p in chain]}): {result.detail}")
     assert not failures, failures
