@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dist_helpers import tiny_config
+
+from .dist_helpers import tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from dist_helpers import tiny_config
 
 from mmpretrain.cli import main
 from mmpretrain.train.checkpoint import committed_checkpoints
 from mmpretrain.train.metrics import read_metrics
+
+from .dist_helpers import tiny_config
 
 RTOL = 1e-5  # fp32: the engines sum the same numbers in another order
 KERNELS = [{"match": "llm.*.mlp.*", "kind": "sparse24", "update_every": 2}]
@@ -211,3 +212,50 @@ def test_flash_attention_varlen_matches_sdpa_with_masks_on_gpu(tokenizer_dir: Pa
         valid = batch.doc_ids[0] >= 0
         logits[attention] = packed_logits(model, batch)[0][valid].float()
     torch.testing.assert_close(logits["flash_attention_2"], logits["sdpa"], atol=2e-2, rtol=2e-2)
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmpretrain.data.demo_data import build_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo_dataset(out, samples=60, shards=2, seed=0, progress=False)
+    return out
+
+
+def test_fsdp2_shards_encoders_and_connectors_of_a_multimodal_model(
+    demo_shards: Path, tmp_path: Path
+) -> None:
+    """omni_tiny (an image tower, a speech encoder, two connectors, a Llama): every block,
+    encoder and connector is its own FSDP2 unit, and training matches the plain loop."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from mmpretrain.config import load_config
+    from mmpretrain.run_config import RunConfig
+    from mmpretrain.train.data_setup import tokenizer_for_run
+    from mmpretrain.train.distributed import Engine, distributed_run, transformer_blocks
+    from mmpretrain.train.loop import build_checked_model
+
+    sets = [
+        f'data.shards.reader.shards=["{demo_shards}/shard-*.tar"]',
+        "train.batch_size=2",
+        "train.seq_len=192",
+        "train.log_every=1",
+        "train.max_steps=4",
+    ]
+    curves = {}
+    for backend in ("none", "fsdp2"):
+        argv = ["train", "models/omni_tiny", "--run-dir", str(tmp_path / backend)]
+        argv += [x for s in [*sets, f"distributed.backend={backend}"] for x in ("--set", s)]
+        assert main(argv) == 0
+        curves[backend] = losses(tmp_path / backend)
+    assert curves["fsdp2"] == pytest.approx(curves["none"], rel=RTOL)
+
+    cfg: RunConfig = load_config("models/omni_tiny", [*sets, "distributed.backend=fsdp2"])
+    assert cfg.data is not None
+    with distributed_run(cfg.distributed) as ctx:
+        model = build_checked_model(cfg, tokenizer_for_run(cfg.data, tmp_path / "fsdp2"))
+        Engine(ctx, cfg, model)
+        units = [*transformer_blocks(model.llm), *model.encoders.values(), *model.connectors.values(), model]
+        assert len(model.encoders) == 2 and len(model.connectors) == 2
+        assert all(isinstance(unit, FSDPModule) for unit in units)
