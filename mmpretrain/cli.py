@@ -226,7 +226,7 @@ def _add(
     help_text: str,
     examples: str,
     handler: Handler,
-    parents: list[argparse.ArgumentParser],
+    parents: Sequence[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name,
@@ -242,7 +242,7 @@ def _add(
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `mmpt` argument parser."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
     )
