@@ -259,3 +259,24 @@ def test_fsdp2_shards_encoders_and_connectors_of_a_multimodal_model(
         units = [*transformer_blocks(model.llm), *model.encoders.values(), *model.connectors.values(), model]
         assert len(model.encoders) == 2 and len(model.connectors) == 2
         assert all(isinstance(unit, FSDPModule) for unit in units)
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        pytest.param({"model": {"activation_checkpointing": True}}, id="activation_checkpointing"),
+        pytest.param({"train": {"max_steps": 6, "compile": True}}, id="compile", marks=pytest.mark.slow),
+    ],
+)
+def test_activation_checkpointing_and_compile_before_sharding(
+    sections: dict[str, dict[str, object]],
+    write_config: Callable[..., Path],
+    reference: dict[str, list[float]],
+    tmp_path: Path,
+) -> None:
+    """build -> kernels -> activation checkpointing -> torch.compile (per block) -> fully_shard."""
+    train_section = {"max_steps": 6, **sections.get("train", {})}
+    model = sections.get("model", {})
+    config = write_config(train=train_section, model=model, distributed={"backend": "fsdp2"})
+    assert train(config, tmp_path / "run") == 0
+    assert losses(tmp_path / "run") == pytest.approx(reference["plain"], rel=RTOL)
