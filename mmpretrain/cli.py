@@ -546,8 +546,16 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def console_main() -> None:
-    """Console-script entry point (`mmpt`)."""
-    sys.exit(main())
+    """Console-script entry point (`mmpt`). A closed output pipe (`mmpt list | head`) ends
+    quietly, as Unix tools do."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":
