@@ -497,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # torch's CheckpointException derives from BaseException
         if not isinstance(exc, Exception) and type(exc).__name__ != "CheckpointException":
             raise
+        if isinstance(exc, BrokenPipeError):
+            raise  # a closed output pipe (`mmpt ... | head`): console_main ends quietly
         if debug:
             traceback.print_exc()
         cause = _root_cause(exc)
