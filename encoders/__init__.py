@@ -4,7 +4,5 @@
 from mmpretrain.encoders import hf_vision, open_clip_encoder, timm_encoder  # noqa: F401
 
 # speech encoders (importing registers them)
-from . import hf_qwen2_audio, hf_ssl_speech, hf_whisper  # noqa: F401
-
 # discrete media tokenizers (importing registers their loaders and registry entries)
-from . import speech_units, vq  # noqa: F401
+from . import hf_qwen2_audio, hf_ssl_speech, hf_whisper, speech_units, vq  # noqa: F401  # noqa: F401

@@ -161,7 +161,6 @@ def teardown_distributed(ctx: DistContext) -> None:
     """Leave the process group if this process started it."""
     if ctx.backend == "deepspeed":
         import deepspeed.comm.comm as ds_comm
-
         import deepspeed.utils.groups as ds_groups
 
         # a later run in this process starts DeepSpeed's comm and its cached groups afresh
