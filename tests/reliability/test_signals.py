@@ -62,6 +62,9 @@ def test_stop_signal_saves_a_final_checkpoint_and_exits_cleanly(
     resume_exactly(config, run_dir, curve)
 
 
+# Slow: in one fresh-clone CI run under heavy load the forked child did not exit within
+# 300 s after SIGTERM mid-save (not reproduced since; investigation open, see issue 16).
+@pytest.mark.slow
 def test_signal_during_a_checkpoint_write_lets_it_finish(
     reference_run: Callable[..., tuple[Path, list[float]]], tmp_path: Path
 ) -> None:

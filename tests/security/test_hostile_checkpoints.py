@@ -326,6 +326,12 @@ def test_remote_code_in_a_local_model_runs_only_when_enabled(
     import transformers.dynamic_module_utils as dynamic
 
     monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # keep ~/.cache clean
+    import transformers
+
+    # The trusted load registers the (aliased) Llama classes for auto classes process-wide;
+    # later save_pretrained calls in this worker would then try to copy "custom code".
+    for cls in (transformers.LlamaForCausalLM, transformers.LlamaConfig):
+        monkeypatch.setattr(cls, "_auto_class", getattr(cls, "_auto_class", None))
     marker = tmp_path / "PWNED"
     model_dir = remote_code_model_dir(tmp_path / "llm", marker)
 
