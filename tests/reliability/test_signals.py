@@ -22,6 +22,12 @@ from reliability_helpers import (
 from mmpretrain.train.checkpoint import committed_checkpoints
 from mmpretrain.train.metrics import read_metrics
 
+# Slow (make test-all): in fresh-clone runs under heavy load the forked training child
+# twice failed to report (exit code None / no exit within 300 s after a signal); not
+# reproduced alone or in full local runs. The default suite keeps the subprocess-based
+# SIGTERM test in tests/train/test_train_faults.py. Investigation open (issue 16).
+pytestmark = pytest.mark.slow
+
 MAX_STEPS = 30
 GRACE_S = 30.0
 """Longest wait from the signal to the exit: the current step plus one checkpoint (well
@@ -62,9 +68,6 @@ def test_stop_signal_saves_a_final_checkpoint_and_exits_cleanly(
     resume_exactly(config, run_dir, curve)
 
 
-# Slow: in one fresh-clone CI run under heavy load the forked child did not exit within
-# 300 s after SIGTERM mid-save (not reproduced since; investigation open, see issue 16).
-@pytest.mark.slow
 def test_signal_during_a_checkpoint_write_lets_it_finish(
     reference_run: Callable[..., tuple[Path, list[float]]], tmp_path: Path
 ) -> None:
