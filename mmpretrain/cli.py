@@ -8,11 +8,12 @@ Subcommands whose implementation has not landed exit 2 saying so; none prints fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -146,11 +147,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mmpretrain.demo import run_demo
 
-    return run_demo(Path(args.out), args.quick)
+    return run_demo(Path(args.out), args.quick, verbosity=_verbosity(args))
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mmpretrain.plot import plot_command
+
+    return plot_command(args)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -246,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
     )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+        help="only results and errors: no progress, warnings or log lines on stderr",
+    )  # fmt: skip
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="more detail: library log messages (data skips, mixing) on stderr",
+    )  # fmt: skip
     parser = _Parser(
         prog="mmpt",
         description="Pre-train multimodal language models (mmpretrain).",
@@ -426,13 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot = _add(
         sub,
         "plot",
-        "plot metrics of one or more runs as PNG curves",
-        "  mmpt plot runs/a runs/b --out plots/",
-        _not_implemented("mmpt plot", "Foundation 3/3"),
+        "plot a run's curves as PNGs: loss vs tokens per stage, lr, throughput, data mix, few-shot",
+        "  mmpt plot runs/demo/train\n  mmpt plot runs/a runs/b --out plots/",
+        _cmd_plot,
         p,
     )
-    plot.add_argument("run_dirs", nargs="+", help="run directories")
-    plot.add_argument("--out", help="output directory (default: first run dir)")
+    plot.add_argument("run_dirs", nargs="+", help="run directories (training runs, recipe runs, demo runs)")
+    plot.add_argument("--out", help="output directory (default: FIRST_RUN_DIR/plots)")
 
     config = sub.add_parser("config", help="describe and resolve configs", parents=p)
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
@@ -459,13 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _add(
         sub,
         "demo",
-        "build demo data, train, evaluate and export a tiny model end to end",
-        "  mmpt demo\n  mmpt demo --quick --out runs/demo-quick",
+        "build demo data, train a tiny image+speech+text model in stages, evaluate, export, plot",
+        "  mmpt demo\n  mmpt demo --quick --out runs/demo-quick\n  mmpt --quiet demo    # only the summary",
         _cmd_demo,
         p,
     )
-    demo.add_argument("--out", default="runs/demo", help="output directory")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
+    demo.add_argument("--out", default="runs/demo", help="output directory (replaced if it holds a demo)")
+    demo.add_argument(
+        "--quick", action="store_true", help="a smaller run: the end-to-end smoke test (about 1-3 minutes)"
+    )
     return parser
 
 
@@ -485,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: a command is missing (see `mmpt --help` and `mmpt COMMAND --help`)", file=sys.stderr)
         return 2
     try:
-        return handler(args)
+        with _verbosity_context(_verbosity(args)):
+            return handler(args)
     except UserError as exc:
         if debug:
             traceback.print_exc()
@@ -526,6 +542,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    """-1 with --quiet, 1 with --verbose, else 0."""
+    if getattr(args, "quiet", False) and getattr(args, "verbose", False):
+        raise UserError("--quiet and --verbose contradict each other: give one")
+    return -1 if getattr(args, "quiet", False) else int(getattr(args, "verbose", False))
+
+
+@contextlib.contextmanager
+def _verbosity_context(level: int) -> Iterator[None]:
+    """--verbose: the package's log messages (INFO) on stderr. --quiet: stderr (progress
+    bars and lines, warnings, log messages) goes nowhere while the command runs; errors are
+    still printed by :func:`main` afterwards, and results on stdout are kept."""
+    import logging
+    import warnings
+
+    if level > 0:
+        logger = logging.getLogger("mmpretrain")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        previous = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(previous)
+    elif level < 0:
+        with open(os.devnull, "w", encoding="utf-8") as sink, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stderr(sink):
+                yield
+    else:
+        yield
 
 
 # A full disk, an exhausted quota, a file-size limit (RLIMIT_FSIZE): the user's to fix.

@@ -60,7 +60,7 @@ def data_lines(source: ExportSource) -> list[str]:
         keep["sources"] = dumped["sources"]
     shards = dumped.get("shards") or {}
     if shards:
-        keep["shards"] = {"shards": shards.get("reader", {}).get("shards"), "mix": shards.get("mix")}
+        keep["shards"] = {"shards": (shards.get("reader") or {}).get("shards"), "mix": shards.get("mix")}
         if shards.get("mix"):
             keep["shards"]["temperature"] = shards.get("temperature")
     keep["tokenizer"] = dumped.get("tokenizer")

@@ -51,10 +51,7 @@ def test_a_wsd_recipe_with_a_branched_cooldown_runs_from_the_cli(
     ]
     assert (run / "stages/00-stable/kept/step_0000002/COMMITTED").is_file()  # the branch point, kept
     report = json.loads((run / "stages/01-cooldown_mid/init_report.json").read_text())
-    assert (
-        report["source"].endswith("00-stable/kept/step_0000002")
-        and report["load"] == "weights+optimizer"
-    )
+    assert report["source"].endswith("00-stable/kept/step_0000002") and report["load"] == "weights+optimizer"
     evals = read_jsonl(run / "eval.jsonl")
     assert [(r["stage"], r["stage_step"], r["step"]) for r in evals] == [
         ("stable", 0, 0), ("stable", 2, 2), ("stable", 4, 4),
