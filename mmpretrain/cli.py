@@ -206,7 +206,16 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from mmpretrain.config import dump_config, load_config
+    from mmpretrain.recipes import is_recipe
 
+    if is_recipe(args.config):
+        from mmpretrain.recipes.config import load_recipe, recipe_yaml
+
+        recipe = load_recipe(args.config, args.set)
+        print(recipe_yaml(recipe, args.stage), end="")
+        return 0
+    if args.stage is not None:
+        raise UserError(f"--stage {args.stage}: {args.config} is not a recipe (it has no `stages`)")
     print(dump_config(load_config(args.config, args.set)), end="")
     return 0
 
@@ -461,13 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = _add(
         config_sub,
         "show",
-        "print a config fully resolved (bases merged, overrides applied)",
-        "  mmpt config show tiny --set optim.lr=1e-3",
+        "print a config or recipe fully resolved (bases merged, overrides applied)",
+        "  mmpt config show tiny --set optim.lr=1e-3\n  mmpt config show recipes/vlm_llava\n"
+        "  mmpt config show recipes/vlm_llava --stage full   # the run config that stage trains with",
         _cmd_config_show,
         p,
     )
     show.add_argument("config", help="YAML path or shipped config name")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    show.add_argument("--stage", help="a recipe's stage: print the run config it trains with")
 
     demo = _add(
         sub,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, model_validator
 
 from mmpretrain.config import (
@@ -340,3 +341,18 @@ def recipe_from_data(data: dict[str, Any], source: str, overrides: Sequence[str]
     recipe = Recipe(config, base, source)
     resolve_stages(recipe, Path("RUN_DIR"))  # every stage's run config validates before any work
     return recipe
+
+
+def recipe_yaml(recipe: Recipe, stage: str | None = None) -> str:
+    """``mmpt config show`` of a recipe: the whole recipe resolved (bases merged, overrides
+    applied, defaults filled), or with ``stage`` the run config that stage trains with."""
+    from mmpretrain.config import dump_config
+
+    stages = recipe.stages(Path("RUN_DIR"))
+    if stage is None:
+        return yaml.safe_dump(recipe.data(), sort_keys=False)
+    for resolved in stages:
+        if resolved.name == stage:
+            return dump_config(resolved.run)
+    names = ", ".join(s.name for s in stages)
+    raise ConfigError(f"{recipe.source}: no stage {stage!r} to show (stages that run: {names})")
