@@ -54,7 +54,7 @@ class Plan:
     """Extra `--set` overrides of the recipe."""
 
 
-FULL = Plan(samples=2000, steps={"llm": 150, "align": 100, "full": 800})
+FULL = Plan(samples=2000, steps={"llm": 150, "align": 100, "full": 1500})
 QUICK = Plan(
     samples=400,
     steps={"llm": 20, "align": 10, "full": 120},
@@ -68,7 +68,8 @@ class _Phases:
     """Numbered phase headers with their durations."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.number, self.seconds = total, 0, {}
+        self.total, self.number = total, 0
+        self.seconds: dict[str, float] = {}
         self._name: str | None = None
         self._started = 0.0
 

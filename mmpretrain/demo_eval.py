@@ -138,9 +138,8 @@ def evaluate_demo(
                 finally:
                     close()
                 shot_results.append(result)
-                log(
-                    f"  {label:<9} {name:<16} {k}-shot  {result.metric} {result.score:.4f} ({result.n} queries)"
-                )
+                score = f"{result.metric} {result.score:.4f} ({result.n} queries)"
+                log(f"  {label:<9} {name:<16} {k}-shot  {score}")
                 entry = results.get(name)
                 if entry is None:
                     chance, majority = chance_and_majority(task, limit)

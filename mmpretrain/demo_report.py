@@ -91,6 +91,7 @@ def summarize(
     from mmpretrain.model.build import build_model
 
     final = stages[-1]
+    llm = final.run.model.llm
     model = build_model(final.run.model)
     parts: dict[str, int] = {}
     for name, parameter in model.named_parameters():
@@ -115,7 +116,7 @@ def summarize(
         "model": {
             "parameters": sum(parts.values()),
             "parts": parts,
-            "llm": f"{final.run.model.llm.name}, {final.run.model.llm.num_layers} layers x {final.run.model.llm.hidden_size}",
+            "llm": f"{llm.name}, {llm.num_layers} layers x {llm.hidden_size}",
             "encoders": {k: v.name for k, v in final.run.model.encoders.items()},
             "connectors": {k: v.name for k, v in final.run.model.connectors.items()},
             "kernels": {
@@ -123,7 +124,7 @@ def summarize(
                 "kinds": sorted({r.kind for r in kernels}),
                 "backends": sorted({r.backend for r in kernels}),
             },
-        },  # fmt: skip
+        },
         "stages": stage_entries,
         "steps": sum(e["steps"] for e in stage_entries.values()),
         "tokens": all_tokens,
@@ -155,15 +156,19 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     lines = [
         "",
         f"demo summary{' (--quick)' if summary['quick'] else ''}: {out}",
-        f"  data        {data['demo']:,} demo samples ({data['images']:,} pictures, {data['audio']:,} speech clips) "
+        f"  data        {data['demo']:,} demo samples ({data['images']:,} pictures, "
+        f"{data['audio']:,} speech clips) "
         f"+ {data['heldout']} held-out; derived: qa {data['qa']:,}, align {data['align']:,}, "
         f"demo_text {data['demo_text']:,}; Shakespeare {data['text']:,} documents",
         f"  model       {model['parameters'] / 1e6:.2f}M parameters ({parts}); {model['llm']}; "
-        f"{kernels['modules']} Linear modules {'/'.join(kernels['kinds'])} ({'/'.join(kernels['backends'])})",
-        f"  steps       {summary['steps']:,} in {len(summary['stages'])} stages, {summary['tokens']:,} tokens "
+        f"{kernels['modules']} Linear modules {'/'.join(kernels['kinds'])} "
+        f"({'/'.join(kernels['backends'])})",
+        f"  steps       {summary['steps']:,} in {len(summary['stages'])} stages, "
+        f"{summary['tokens']:,} tokens "
         f"(packed positions), {_f(summary['tokens_per_s'], ',.0f')} tokens/s over the training phase, "
         f"packing efficiency {_f(summary['packing_efficiency'])}",
-        "  stages      name    steps  frozen                       loss first -> last (mean of last 10)  tokens/s  token share",
+        "  stages      name    steps  frozen                       "
+        "loss first -> last (mean of last 10)  tokens/s  token share",
     ]
     for name, s in summary["stages"].items():
         share = ", ".join(f"{k} {v:.0%}" for k, v in s["token_share"].items())
@@ -201,7 +206,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     lines += [
         f"  plots       {', '.join(Path(p).name for p in summary['plots'].values())} in "
         f"{Path(next(iter(summary['plots'].values()))).parent if summary['plots'] else '-'}",
-        f"  eval        {summary['eval_reports']}/{{trained,untrained,chance}}.json (+ .md tables, .png, predictions)",
+        f"  eval        {summary['eval_reports']}/{{trained,untrained,chance}}.json "
+        "(+ .md tables, .png, predictions)",
         f"  TensorBoard {summary['tensorboard']}",
         f"  summary     {out / 'summary.json'}" + (f"; log {summary['log']}" if summary["log"] else ""),
         "  took        "
@@ -232,7 +238,7 @@ def _scores_view(summary: dict[str, Any]) -> dict[str, Any]:
             {m: {int(k): v for k, v in by.items()} for m, by in t["by_shots"].items()},
             t["chance"],
             t["majority"],
-        )  # fmt: skip
+        )
         for name, t in summary["tasks"].items()
     }
 

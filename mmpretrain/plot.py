@@ -348,7 +348,7 @@ def plot_data_mix(runs: Sequence[RunCurves], path: Path) -> Path | None:
     sources = sorted({name for _, tokens in rows for name in tokens})
     colours = dict(zip(sources, _colours(len(sources)), strict=True))
     figure, ax = plt.subplots(figsize=(7.5, 1.2 + 0.55 * len(rows)))
-    for y, (label, tokens) in enumerate(rows):
+    for y, (_label, tokens) in enumerate(rows):
         total, left = sum(tokens.values()), 0.0
         for name in sources:
             share = tokens.get(name, 0) / total
@@ -358,10 +358,16 @@ def plot_data_mix(runs: Sequence[RunCurves], path: Path) -> Path | None:
             if share >= 0.06:
                 ax.text(left + share / 2, y, f"{name} {share:.0%}", ha="center", va="center", fontsize=7)
             left += share
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[n]) for n in sources]
+    below = -0.25 if len(rows) > 2 else -0.45
     ax.legend(
-        [plt.Rectangle((0, 0), 1, 1, color=colours[n]) for n in sources], sources, fontsize=7,
-        loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) > 2 else -0.45), ncol=min(len(sources), 6),
-    )  # fmt: skip
+        handles,
+        sources,
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, below),
+        ncol=min(len(sources), 6),
+    )
     ax.set_yticks(range(len(rows)), [label for label, _ in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
