@@ -188,10 +188,13 @@ def _cmd_tokenizer_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_schema(args: argparse.Namespace) -> int:
-    from mmpretrain.config_schema import format_rows, schema_rows
+    from mmpretrain.config_schema import format_markdown, format_rows, reference_page, schema_rows
     from mmpretrain.errors import ConfigError
     from mmpretrain.run_config import RunConfig
 
+    if args.markdown and not args.section:
+        print(reference_page(), end="")  # docs/configuration.md
+        return 0
     rows = schema_rows(RunConfig)
     if args.section:
         prefix = args.section.rstrip(".")
@@ -199,6 +202,9 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
         if not rows:
             sections = sorted({r.key.split(".")[0].split("[")[0] for r in schema_rows(RunConfig)})
             raise ConfigError(f"unknown config section {args.section!r}; sections: {', '.join(sections)}")
+    if args.markdown:
+        print(format_markdown(rows), end="")
+        return 0
     print("KEY  TYPE  DEFAULT  DESCRIPTION")
     print(format_rows(rows))
     return 0
@@ -462,11 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
         config_sub,
         "schema",
         "print every config key with type, default and description",
-        "  mmpt config schema\n  mmpt config schema train\n  mmpt config schema model.llm",
+        "  mmpt config schema\n  mmpt config schema train\n  mmpt config schema model.llm\n"
+        "  mmpt config schema --markdown > docs/configuration.md   # regenerate the reference",
         _cmd_config_schema,
         p,
     )
     schema.add_argument("section", nargs="?", help="only keys under this section (e.g. optim, model.llm)")
+    schema.add_argument(
+        "--markdown",
+        action="store_true",
+        help="markdown tables; without SECTION the whole docs/configuration.md (built-in components only)",
+    )
     show = _add(
         config_sub,
         "show",
