@@ -70,10 +70,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing to do: {run_dir} is at step {result.end_step} of {config.train.max_steps}")
         return 0
     loss = "n/a" if result.last_loss is None else f"{result.last_loss:.4f}"
+    stopped = f"; stopped by {result.stopped_by}: continue with --resume" if result.stopped_by else ""
     print(
         f"trained steps {result.start_step}..{result.end_step} of {config.train.max_steps}: "
         f"last loss {loss}, {result.tokens_per_s:,.0f} tokens/s; run directory {run_dir}"
         + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
+        + stopped
     )
     return 0
 
@@ -260,6 +262,25 @@ def _add(
     return parser
 
 
+def _add_group(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    examples: str,
+    parents: Sequence[argparse.ArgumentParser],
+) -> argparse._SubParsersAction:
+    """A command with subcommands (`mmpt data build`, ...); returns their subparsers."""
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog="examples:\n" + examples,
+        formatter_class=_Formatter,
+        parents=parents,
+    )
+    return parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `mmpt` argument parser."""
     common = _Parser(add_help=False)
@@ -268,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-        help="only results and errors: no progress, warnings or log lines on stderr",
+        help="only results and errors: no progress bars or lines, warnings or log messages",
     )  # fmt: skip
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -277,7 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmpt",
         description="Pre-train multimodal language models (mmpretrain).",
-        epilog="Run `mmpt COMMAND --help` for the options and examples of a command.",
+        epilog=(
+            "examples:\n"
+            "  mmpt demo --quick\n"
+            "  mmpt train tiny --run-dir runs/tiny\n"
+            "  mmpt --quiet data build --format demo --out runs/demo-data   # only the summary\n"
+            "  mmpt train tiny --verbose                # + library log messages on stderr\n"
+            "  NO_COLOR=1 mmpt train tiny               # plain progress lines, no bar\n"
+            "\n"
+            "Results go to stdout, progress to stderr: a bar on a terminal, plain lines otherwise\n"
+            "(and with NO_COLOR or TERM=dumb). Run `mmpt COMMAND --help` for a command's options\n"
+            "and examples."
+        ),
+        formatter_class=_Formatter,
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"mmpretrain {__version__}")
@@ -306,8 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--nproc", type=int, default=1, help="run under torchrun with N local processes")
 
-    data = sub.add_parser("data", help="build, inspect and count dataset shards", parents=p)
-    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    data_sub = _add_group(
+        sub,
+        "data",
+        "build, inspect and count dataset shards",
+        "  mmpt data build --format demo --out runs/demo-data\n"
+        "  mmpt data inspect 'runs/demo-data/*.tar'\n"
+        "  mmpt data stats 'runs/demo-data/*.tar' --json",
+        p,
+    )
     build = _add(
         data_sub,
         "build",
@@ -406,8 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("kind", nargs="?", choices=LIST_KINDS, help="only this kind")
 
-    tokenizer = sub.add_parser("tokenizer", help="train and inspect tokenizers", parents=p)
-    tok_sub = tokenizer.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+    tok_sub = _add_group(
+        sub,
+        "tokenizer",
+        "train and inspect tokenizers",
+        "  mmpt tokenizer train --input shakespeare --vocab-size 1024 --out tok/\n"
+        "  mmpt tokenizer decode vq/ --ids vq/sample_codes.json --out image.png",
+        p,
+    )
     tok_train = _add(
         tok_sub,
         "train",
@@ -462,8 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", help="run directories (training runs, recipe runs, demo runs)")
     plot.add_argument("--out", help="output directory (default: FIRST_RUN_DIR/plots)")
 
-    config = sub.add_parser("config", help="describe and resolve configs", parents=p)
-    config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    config_sub = _add_group(
+        sub,
+        "config",
+        "describe and resolve configs",
+        "  mmpt config schema train\n  mmpt config show tiny --set optim.lr=1e-3",
+        p,
+    )
     schema = _add(
         config_sub,
         "schema",
@@ -578,7 +629,17 @@ def _verbosity(args: argparse.Namespace) -> int:
 def _verbosity_context(level: int) -> Iterator[None]:
     """--verbose: the package's log messages (INFO) on stderr. --quiet: stderr (progress
     bars and lines, warnings, log messages) goes nowhere while the command runs; errors are
-    still printed by :func:`main` afterwards, and results on stdout are kept."""
+    still printed by :func:`main` afterwards, and results on stdout are kept (per-step
+    training lines are not printed: :mod:`mmpretrain.terminal`)."""
+    from mmpretrain import terminal
+
+    with terminal.verbosity(level), _stream_context(level):
+        yield
+
+
+@contextlib.contextmanager
+def _stream_context(level: int) -> Iterator[None]:
+    """The stderr side of :func:`_verbosity_context`."""
     import logging
     import warnings
 

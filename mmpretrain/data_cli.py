@@ -183,7 +183,7 @@ def data_build_command(args: argparse.Namespace) -> int:
         get_format(args.format)  # unknown formats fail before anything is touched
         options = _build_options(args)
         _check_out(out, args.overwrite)
-        _print_build_summary(build_dataset(args.format, options, progress=sys.stderr.isatty()), out)
+        _print_build_summary(build_dataset(args.format, options), out)
         return 0
     if args.input or args.images_dir:
         raise UserError("--format demo draws its own data; drop --input and --images-dir")
@@ -258,7 +258,6 @@ def data_inspect_command(args: argparse.Namespace) -> int:
 def data_stats_command(args: argparse.Namespace) -> int:
     """Handle `mmpt data stats`: counts over every shard; with --json stdout holds only JSON."""
     import json
-    import sys
 
     from mmpretrain.data.reader import reader_stats
 

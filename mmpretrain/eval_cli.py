@@ -116,5 +116,5 @@ def eval_command(args: argparse.Namespace) -> int:
             "task_overrides": list(args.set or []),
         }
         paths = write_report(Path(args.out), results, source, settings)
-        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from mmpretrain.errors import UserError
+from mmpretrain.terminal import status
 
 # ---------------------------------------------------------------------------- speech_units
 
@@ -73,7 +74,7 @@ def train_vq_command(
     prepare_output_dir(directory, overwrite)
     if config is None:
         print(f"using the shipped config {VQ_DEFAULT_CONFIG} ({path})", file=sys.stderr)
-    result = train_vq(cfg, shards, directory)
+    result = train_vq(cfg, shards, directory, log=status)  # progress lines: stderr
     before, after = result.evaluation["before"], result.evaluation["after"]
     heldout = result.evaluation["heldout"]
     grid = cfg.model.grid_size

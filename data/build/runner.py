@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -108,11 +107,20 @@ class _Dedup:
 
 
 def _progress(total: int | None, enabled: bool) -> Any:
-    from tqdm import tqdm
+    """Records read so far on stderr: a bar on a terminal, else a line every few seconds."""
+    from mmpretrain.terminal import StderrProgress
 
-    return tqdm(
-        total=total, unit=" records", file=sys.stderr, disable=not enabled, mininterval=1.0, leave=False
-    )
+    return StderrProgress("data build", total, "records") if enabled else _NoProgress()
+
+
+class _NoProgress:
+    """Progress that shows nothing (`build_dataset(progress=False)`)."""
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _results(
@@ -162,7 +170,7 @@ def build_dataset(fmt: str, options: BuildOptions, progress: bool = True) -> dic
     ) as writer:
         for result in _results(_limited(spec.parse(options), options.limit), options):
             records += 1
-            bar.update(1)
+            bar.advance(1)
             where = result.where
             outcome = result if isinstance(result, RecordSkip) else dedup.filter(result, where)
             if isinstance(outcome, Sample) and outcome.key in keys:

@@ -4,7 +4,6 @@ and score the predictions with the task's metric."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -248,29 +247,9 @@ def evaluate_task(
 
 
 def stderr_progress(total: int, label: str) -> tuple[Progress, Callable[[], None]]:
-    """A progress bar on a terminal (rich), else a line at each quarter; returns
-    ``(advance, close)``."""
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """A progress bar on a live terminal, else a line at each quarter, nothing under
+    --quiet (:class:`mmpretrain.terminal.StderrProgress`); returns ``(advance, close)``."""
+    from mmpretrain.terminal import StderrProgress
 
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        bar.start()
-        handle = bar.add_task(label, total=total)
-        return (lambda n: bar.advance(handle, n)), bar.stop
-    state = {"done": 0, "next": max(1, total // 4)}
-
-    def advance(n: int) -> None:
-        state["done"] += n
-        if state["done"] >= state["next"] or state["done"] == total:
-            print(f"{label}: {state['done']}/{total}", file=sys.stderr, flush=True)
-            state["next"] = state["done"] + max(1, total // 4)
-
-    return advance, lambda: None
+    bar = StderrProgress(label, total)
+    return bar.advance, bar.close

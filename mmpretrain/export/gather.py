@@ -22,7 +22,6 @@ the weights and the maths are those of training) and the tensors are loaded with
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,5 +345,7 @@ def size_summary(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def progress(message: str) -> None:
-    """A progress line on stderr (stdout carries the result)."""
-    print(message, file=sys.stderr, flush=True)
+    """A progress line on stderr (stdout carries the result); none under --quiet."""
+    from mmpretrain.terminal import status
+
+    status(message)

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 
 from mmpretrain.config import dump_config
-from mmpretrain.export.gather import ExportSource, size_summary
+from mmpretrain.export.gather import ExportSource, format_bytes, size_summary
 from mmpretrain.export.model_card import model_card
 from mmpretrain.model.config import ModelConfig
 from mmpretrain.model.multimodal import MultimodalLM
 from mmpretrain.model.pretrained import CONFIG_FILE, save_state
+from mmpretrain.terminal import StderrProgress
 
 EXPORT_FILE = "export.json"
 MEDIA_VOCAB = "media_vocab.json"
@@ -41,6 +42,27 @@ def native_state(model: MultimodalLM, dtype: torch.dtype | None) -> dict[str, to
         return state
     parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     return {n: t.to(dtype) if n in parameters and t.is_floating_point() else t for n, t in state.items()}
+
+
+class WeightsProgress:
+    """Weights files written, on stderr (:class:`mmpretrain.terminal.StderrProgress`); the
+    ``progress`` callback of :func:`~mmpretrain.model.pretrained.save_state`."""
+
+    def __init__(self) -> None:
+        self._bar: StderrProgress | None = None
+
+    def __call__(self, done: int, total: int, path: Path | None) -> None:
+        if self._bar is None:
+            self._bar = StderrProgress("writing weights", total, "files")
+        if path is not None:
+            self._bar.advance(1, f"({path.name}, {format_bytes(path.stat().st_size)})")
+
+    def __enter__(self) -> WeightsProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def export_native(
@@ -57,7 +79,8 @@ def export_native(
     out.mkdir(parents=True, exist_ok=True)
     state = native_state(model, dtype)
     metadata = {"format": "pt", "mmpretrain": __version__}
-    files = save_state(state, out, max_shard_size, metadata)
+    with WeightsProgress() as progress:
+        files = save_state(state, out, max_shard_size, metadata, progress=progress)
     (out / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
     if source.run_config is not None:
         (out / "config.yaml").write_text(dump_config(source.run_config), encoding="utf-8")

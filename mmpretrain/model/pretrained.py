@@ -10,6 +10,7 @@ schedule values) is part of the state dict and is saved and loaded with the weig
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,10 +63,12 @@ def save_state(
     directory: str | Path,
     max_shard_size: int | str = "5GB",
     metadata: dict[str, str] | None = None,
+    progress: Callable[[int, int, Path | None], None] | None = None,
 ) -> list[Path]:
     """Write ``state`` as ``model.safetensors`` or as shards plus an index when it is
     larger than ``max_shard_size`` (a tensor larger than the limit gets a shard of its
-    own). Returns the files written."""
+    own). Returns the files written. ``progress(done, total, path)`` is called before the
+    first weights file (``0, total, None``) and after each one."""
     from safetensors.torch import save_file
 
     out = Path(directory)
@@ -84,8 +87,11 @@ def save_state(
     meta = {"format": "pt", **(metadata or {})}
     for stale in [out / WEIGHTS_FILE, out / INDEX_FILE, *out.glob("model-*-of-*.safetensors")]:
         stale.unlink(missing_ok=True)
+    report = progress or (lambda done, total, path: None)
+    report(0, len(shards), None)
     if len(shards) == 1:
         save_file(shards[0], str(out / WEIGHTS_FILE), metadata=meta)
+        report(1, 1, out / WEIGHTS_FILE)
         return [out / WEIGHTS_FILE]
     files = []
     weight_map: dict[str, str] = {}
@@ -93,6 +99,7 @@ def save_state(
         name = SHARD_PATTERN.format(index=number, total=len(shards))
         save_file(shard, str(out / name), metadata=meta)
         files.append(out / name)
+        report(number, len(shards), out / name)
         weight_map.update(dict.fromkeys(shard, name))
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total, **(metadata or {})}, "weight_map": weight_map}

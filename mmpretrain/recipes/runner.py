@@ -136,7 +136,7 @@ def run_recipe(
     monitor = recipe.config.monitor
     log = RecipeLog(run_dir, stages)
     branches = branch_points(stages)
-    print(stage_table(stages), flush=True)
+    _progress_line(stage_table(stages))
     ran: list[str] = []
     for stage in stages:
         done = _committed_step(stage.run_dir)
@@ -150,7 +150,7 @@ def run_recipe(
                     f"stage {stage.label} starts from {source}, which is missing: stage "
                     f"{parent.label} has not reached step {stage.init_step} (or its checkpoint was deleted)"
                 )
-        print(f"== stage {stage.label} ({stage.config.steps} steps) ==", flush=True)
+        _progress_line(f"== stage {stage.label} ({stage.config.steps} steps) ==")
         log.drop_evals_after(stage, done)
         if done == 0:
             if not (stage.run_dir / INIT_REPORT).is_file() or (monitor and not log.has_eval(stage, 0)):
@@ -188,6 +188,14 @@ def run_recipe(
     summary = summarize(run_dir, stages)
     print(format_summary(summary), flush=True)
     return RecipeResult(run_dir, ran, None, summary)
+
+
+def _progress_line(text: str) -> None:
+    """A line of the run's log on stdout, like the training steps (none under --quiet)."""
+    from mmpretrain import terminal
+
+    if terminal.log_lines_wanted():
+        print(text, flush=True)
 
 
 def _train_section(stage: Stage, done: int) -> Any:
@@ -235,7 +243,7 @@ def _record(stage: Stage, step: int, log: RecipeLog, values: dict[str, float]) -
         f"{k.removeprefix('heldout/')} {v:.4f}" for k, v in values.items() if k.endswith("/loss")
     )
     shown += "".join(f"  {k} {v:.3f}" for k, v in values.items() if k.startswith("eval/"))
-    print(f"eval {stage.label} step {step} (global {record['step']}): {shown}", flush=True)
+    _progress_line(f"eval {stage.label} step {step} (global {record['step']}): {shown}")
 
 
 def recipe_command(args: Any) -> int:

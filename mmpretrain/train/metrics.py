@@ -1,5 +1,6 @@
-"""Metrics: one JSON object per logged step in metrics.jsonl, TensorBoard scalars, and a
-rich progress bar on a terminal (plain log lines otherwise)."""
+"""Metrics: one JSON object per logged step in metrics.jsonl, TensorBoard scalars, a log
+line per logged step on stdout (none under --quiet) and a rich progress bar on stderr when
+it is a live terminal (:func:`mmpretrain.terminal.live_display_allowed`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from mmpretrain import terminal
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -62,8 +65,10 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1)
+        self._lines = enabled and terminal.log_lines_wanted()
         self._progress: Any = None
-        if enabled and sys.stderr.isatty():
+        if enabled and terminal.live_display_allowed():
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
@@ -72,6 +77,10 @@ class MetricsLogger:
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.description}"),
+                console=Console(stderr=True),
+                # log lines printed to a terminal stdout go above the bar; a redirected
+                # stdout (a file, a pipe) keeps them
+                redirect_stdout=terminal.live_display_allowed(sys.stdout),
             )
             self._task = self._progress.add_task("", total=total_steps, completed=start_step)
             self._progress.start()
@@ -90,8 +99,7 @@ class MetricsLogger:
         if self._progress is not None:
             compact = f"loss {record.get('loss', math.nan):.4f}  {record.get('tokens_per_s', 0):,.0f} tok/s"
             self._progress.update(self._task, completed=record["step"], description=compact)
-            self._progress.console.print(_format(record), highlight=False)
-        else:
+        if self._lines:
             print(_format(record), flush=True)
 
     def advance(self, step: int) -> None:
@@ -100,12 +108,9 @@ class MetricsLogger:
             self._progress.update(self._task, completed=step)
 
     def message(self, text: str) -> None:
-        """A line for the user (above the progress bar on a terminal)."""
-        if not self.enabled:
-            return
-        if self._progress is not None:
-            self._progress.console.print(text)
-        else:
+        """A line for the user on stdout (above the progress bar on a terminal); none
+        under --quiet."""
+        if self._lines:
             print(text, flush=True)
 
     def close(self) -> None:
