@@ -16,7 +16,10 @@ from mmpretrain.recipes.config import Recipe
 from mmpretrain.recipes.monitor import read_jsonl
 from mmpretrain.recipes.runner import run_recipe
 
-SHIPPED = sorted(n.removeprefix("recipes/") for n in shipped_config_names() if n.startswith("recipes/"))
+# demo: it reads the data `mmpt demo` builds; tests/test_demo.py runs it end to end
+# (`mmpt demo --quick`) in every default test run
+RECIPES = [n.removeprefix("recipes/") for n in shipped_config_names() if n.startswith("recipes/")]
+SHIPPED = sorted(n for n in RECIPES if n != "demo")
 # speech_lm: espeak-ng synthesis for its fixture shards; wsd_cooldown and vlm_llava also run
 # (tiny) in every default test run, in test_recipe_runner.py
 SLOW = {"speech_lm", "wsd_cooldown", "vlm_llava"}
