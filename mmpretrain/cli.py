@@ -2,7 +2,6 @@
 
 ``main(argv) -> int`` runs in-process (tests call it directly). User errors exit 2 with
 one line on stderr and no traceback (``--debug`` shows it); internal errors exit 1.
-Subcommands whose implementation has not landed exit 2 saying so; none prints fake output.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mmpretrain import __version__, data_cli, export_cli
-from mmpretrain.errors import NotImplementedYetError, UserError
+from mmpretrain.errors import UserError
 
 if TYPE_CHECKING:
     from mmpretrain.run_config import RunConfig
@@ -26,13 +25,6 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 LIST_KINDS = ("encoders", "connectors", "llms", "tokenizers", "kernels", "recipes", "tasks", "configs")
-
-
-def _not_implemented(command: str, issue: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        raise NotImplementedYetError(f"`{command}` is not implemented yet (planned in issue {issue!r})")
-
-    return handler
 
 
 # ---------------------------------------------------------------------------- handlers

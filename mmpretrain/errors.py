@@ -21,7 +21,3 @@ class RegistryError(UserError):
 
 class DataFormatError(UserError):
     """A shard, sample or batch does not follow the data format (docs/data-format.md)."""
-
-
-class NotImplementedYetError(UserError):
-    """A documented command or option whose implementation has not landed yet."""
