@@ -96,14 +96,16 @@ class ErrorBudget:
         if self.errors > self.max_errors:
             raise DataFormatError(
                 f"too many bad samples: {self.errors} skipped (limit {self.max_errors}); "
-                f"{self._worst()}; fix or remove it, or raise data.max_errors"
+                f"{self._worst()}; fix or remove it, or raise the reader's max_errors "
+                "(data.shards.reader.max_errors; in a mix data.shards.mix.N.reader.max_errors)"
             )
         seen = len(self._window)
         if seen >= self.min_seen and self._window_bad > self.max_error_rate * seen:
             raise DataFormatError(
                 f"too many bad samples: {self._window_bad} in the last {seen} "
                 f"(limit {self.max_error_rate * 100:g}%); {self._worst()}; fix or remove it, "
-                "or raise data.max_error_rate"
+                "or raise the reader's max_error_rate (data.shards.reader.max_error_rate; in a mix "
+                "data.shards.mix.N.reader.max_error_rate)"
             )
 
     def _worst(self) -> str:

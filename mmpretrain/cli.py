@@ -602,12 +602,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if isinstance(cause, torch_oom_types()):
+            print(
+                f"error: out of memory: {' '.join(str(cause).split())[:200]}: lower train.batch_size or "
+                "train.seq_len (raise train.grad_accum to keep the batch), or use train.precision=bf16, "
+                "model.activation_checkpointing=true or more GPUs (distributed.backend=fsdp2); committed "
+                "checkpoints are intact: continue with --resume",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"internal error: {type(cause).__name__}: {' '.join(str(cause).split())} "
             "(run again with --debug for the traceback, and please report it)",
             file=sys.stderr,
         )
         return 1
+
+
+def torch_oom_types() -> tuple[type[BaseException], ...]:
+    """torch's out-of-memory exceptions (CUDA and others), if torch is imported."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return (oom,) if isinstance(oom, type) else ()
 
 
 def _verbosity(args: argparse.Namespace) -> int:

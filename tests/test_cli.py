@@ -28,6 +28,7 @@ SUBCOMMANDS = [
     ["demo"],
 ]
 
+
 @pytest.mark.parametrize("command", SUBCOMMANDS, ids=" ".join)
 def test_every_subcommand_has_help_with_examples(
     command: list[str], capsys: pytest.CaptureFixture[str]
@@ -113,3 +114,32 @@ def test_console_script_is_installed() -> None:
     assert exe is not None, "the `mmpt` console script is missing: reinstall with `make setup`"
     result = subprocess.run([exe, "list", "llms"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "qwen2" in result.stdout
+
+
+def test_out_of_memory_is_one_line_with_what_to_change(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    import mmpretrain.cli as cli
+
+    def run_out_of_memory(args: object) -> int:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "_cmd_list", run_out_of_memory)
+    assert main(["list", "llms"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "train.batch_size" in err and "continue with --resume" in err
+
+
+def test_deepspeed_backend_without_deepspeed_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from mmpretrain.errors import UserError
+    from mmpretrain.train.distributed import _init_deepspeed_comm
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
+    with pytest.raises(UserError, match=r"DS_BUILD_OPS=0 pip install 'mmpretrain-lm\[deepspeed\]'"):
+        _init_deepspeed_comm(cuda=False)

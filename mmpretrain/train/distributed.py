@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, UserError
 from mmpretrain.run_config import RunConfig
 from mmpretrain.train.checkpoint import Checkpointer, load_checkpoint, load_deepspeed_checkpoint
 from mmpretrain.train.config import DistributedConfig
@@ -149,7 +149,13 @@ def _init_deepspeed_comm(cuda: bool) -> None:
     shared-memory all-reduce op on CPU machines: skipped (plain torch.distributed is used)."""
     import importlib
 
-    import deepspeed
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise UserError(
+            f"distributed.backend=deepspeed needs DeepSpeed ({exc}): "
+            "DS_BUILD_OPS=0 pip install 'mmpretrain-lm[deepspeed]' (make setup installs it)"
+        ) from exc
 
     # (``import deepspeed.comm.torch as m`` would bind the torch package: deepspeed.comm imports torch)
     ds_torch = importlib.import_module("deepspeed.comm.torch")
