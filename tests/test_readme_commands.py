@@ -157,3 +157,20 @@ def test_extraction_rules() -> None:
     ]
     assert is_cheap(["config", "show", "tiny"]) and is_cheap(["train", "--help"])
     assert not is_cheap(["train", "tiny"]) and not is_cheap(["data", "build", "--format", "demo"])
+
+
+def readme_config_blocks(text: str) -> dict[str, str]:
+    """The README's YAML blocks that start with a file-name comment (``# my_vlm.yaml``)."""
+    blocks = re.findall(r"```yaml\n# ([\w.-]+\.yaml)\b[^\n]*\n(.*?)```", text, flags=re.DOTALL)
+    return {name: body for name, body in blocks}
+
+
+def test_quick_start_config_validates_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configs = readme_config_blocks(README.read_text(encoding="utf-8"))
+    assert "my_vlm.yaml" in configs
+    path = tmp_path / "my_vlm.yaml"
+    path.write_text(configs["my_vlm.yaml"], encoding="utf-8")
+    assert main(["config", "show", str(path)]) == 0
+    assert main(["config", "show", str(path), "--stage", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained: /models/siglip-base-patch16-224" in out and "skip: true" in out
