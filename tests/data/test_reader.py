@@ -330,7 +330,7 @@ def test_error_budget_stops_the_run_naming_the_worst_shard(tmp_path: Path) -> No
     message = str(exc.value)
     assert "too many bad samples: 4 skipped (limit 3)" in message
     assert f"worst shard {tmp_path / 'bad' / 'shard-000000.tar'} (4 errors: bad_image 4)" in message
-    assert "data.max_errors" in message
+    assert "data.shards.reader.max_errors" in message
 
 
 def test_error_budget_rate_over_the_window() -> None:
