@@ -173,4 +173,5 @@ def test_quick_start_config_validates_as_written(tmp_path: Path, capsys: pytest.
     assert main(["config", "show", str(path)]) == 0
     assert main(["config", "show", str(path), "--stage", "full"]) == 0
     out = capsys.readouterr().out
-    assert "pretrained: /models/siglip-base-patch16-224" in out and "skip: true" in out
+    assert "pretrained: /models/siglip-base-patch16-224" in out
+    assert "trainable:\n    encoders: false" in out  # the full stage's run config

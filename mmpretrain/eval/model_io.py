@@ -193,6 +193,8 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loade
     """The model (in eval mode, on ``device``) and tokenizer of a run directory, a
     checkpoint directory or a saved MultimodalLM directory."""
     from mmpretrain.model.pretrained import CONFIG_FILE, WEIGHTS_FILE, has_weights
+    from mmpretrain.recipes import final_stage_dir
+    from mmpretrain.terminal import status
     from mmpretrain.train.checkpoint import COMMITTED, latest_checkpoint
 
     source = Path(path).expanduser()
@@ -200,6 +202,10 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> Loade
         raise UserError(
             f"{source} does not exist or is not a directory (give a run, checkpoint or model directory)"
         )
+    final_stage = final_stage_dir(source)
+    if final_stage is not None:  # a recipe run: its last stage
+        status(f"{source} is a recipe run: using its last stage, {final_stage.name}")
+        source = final_stage
     if (source / CONFIG_FILE).is_file() and has_weights(source):
         loaded = _load_saved_model(source)
     elif (source / "config.json").is_file():

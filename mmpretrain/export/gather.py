@@ -138,6 +138,8 @@ def _run_source(path: Path, run_dir: Path, checkpoint: Path, kind: str) -> Expor
 def resolve_source(path: str | Path) -> ExportSource:
     """What ``path`` holds: a run directory, a committed checkpoint or a saved model."""
     from mmpretrain.model.pretrained import CONFIG_FILE, has_weights
+    from mmpretrain.recipes import final_stage_dir
+    from mmpretrain.terminal import status
     from mmpretrain.train.checkpoint import COMMITTED, latest_checkpoint
 
     source = Path(path).expanduser()
@@ -145,6 +147,10 @@ def resolve_source(path: str | Path) -> ExportSource:
         raise UserError(
             f"{source} does not exist or is not a directory (give a run, checkpoint or saved-model directory)"
         )
+    final_stage = final_stage_dir(source)
+    if final_stage is not None:  # a recipe run: its last stage
+        status(f"{source} is a recipe run: using its last stage, {final_stage.name}")
+        source = final_stage
     if (source / CONFIG_FILE).is_file() and has_weights(source):
         return saved_model_source(source)
     if (source / COMMITTED).is_file():

@@ -59,3 +59,15 @@ def is_recipe(name_or_path: Any) -> bool:
 
 
 register_shipped_recipes()
+
+
+def final_stage_dir(path: Path) -> Path | None:
+    """The run directory of a recipe run's last stage that has a committed checkpoint
+    (``RUN_DIR/stages/NN-name``, highest NN), or None when ``path`` is not a recipe run
+    (``recipe.yaml`` + ``stages/``). Eval and export take it for the recipe run."""
+    if not ((path / "recipe.yaml").is_file() and (path / "stages").is_dir()):
+        return None
+    for stage in sorted((path / "stages").iterdir(), reverse=True):
+        if stage.is_dir() and any((stage / "checkpoints").glob("step_*/COMMITTED")):
+            return stage
+    return None

@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
+from export_sentences import sentences
 
 from mmpretrain.data.tokenizer import TextTokenizer
-
-WORDS = [
-    "the",
-    "a",
-    "red",
-    "blue",
-    "green",
-    "circle",
-    "square",
-    "triangle",
-    "small",
-    "large",
-    "shape",
-    "picture",
-    "sound",
-    "tone",
-    "high",
-    "low",
-    "is",
-]
-
-
-def sentences(count: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(4, 16))) + "." for _ in range(count)]
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import sentences
 from export_helpers import assert_logits_close, write_run_dir
+from export_sentences import sentences
 
 from mmpretrain.cli import main
 from mmpretrain.data.tokenizer import TextTokenizer
