@@ -2,7 +2,7 @@
 
 Phases (every run is a tiny Llama over 40 text shards, single process, CPU, 1 thread):
 
-1. kill -9 + resume: a forked copy of this process runs ``mmpt train`` and is SIGKILLed at
+1. kill -9 + resume: a child process runs ``mmpt train`` and is SIGKILLed at
    a random point (mid-step, mid-checkpoint-write, at a shard switch, or after a random
    wall-clock delay); ``--resume`` must continue from the newest committed checkpoint and
    end with losses bitwise equal to an uninterrupted run's.

@@ -1,13 +1,16 @@
 """Fault injection for the reliability tests and ``scripts/bench_reliability.py``.
 
-A *crash child* is a ``fork()`` of the test process that runs ``mmpt train`` in-process
-(``mmpretrain.cli.main``) and is killed with SIGKILL at a chosen point: a real kill -9 (no
-``finally`` blocks, no flushing, no atexit), without paying for a fresh interpreter and
-torch import per trial. Points are hooks around the functions the run calls (the n-th call
-of the hooked function kills the process at once), or a SIGKILL from the parent after a
-delay (wherever the child happens to be).
+A *crash child* is a fresh Python interpreter that runs ``mmpt train`` through
+``mmpretrain.cli.main`` with a crash point armed and is killed with SIGKILL at that point:
+a real kill -9 (no ``finally`` blocks, no flushing, no atexit). Points are hooks around the
+functions the run calls (the n-th call of the hooked function kills the process at once),
+or a signal from the parent after a delay (wherever the child happens to be). A fresh
+interpreter, not a ``fork()`` of the test process: forking a process that has already run
+torch (threads, autograd state) made children die or fail at random once other tests had
+run in the same pytest worker. Only a child that needs set-up in its own process
+(``before_main``, e.g. RLIMIT_FSIZE) is still forked.
 
-The child runs with the parent's single-threaded torch, so its floating-point results are
+The child runs single-threaded torch, as the tests do, so its floating-point results are
 bitwise those of an in-process run.
 """
 
@@ -308,13 +311,59 @@ def run_crash_child(
     timeout: float = 300.0,
     before_main: Callable[[], None] | None = None,
 ) -> ChildResult:
-    """Fork, run ``mmpt ARGV`` in the child with ``point`` armed, and wait for it.
+    """Start a child running ``mmpt ARGV`` with ``point`` armed, and wait for it.
 
     For a ``timer`` point the parent sends ``point.signum`` ``point.delay`` seconds after
     ``started()`` first holds (polled; e.g. "the first step was logged").
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    if before_main is None:
+        pid = _spawn_child(argv, point, log)
+    else:
+        pid = _fork_child(argv, point, log, before_main)
+    return _watch_child(pid, point, log, started, timeout)
+
+
+_SPAWNED: dict[int, Any] = {}
+_CHILD_BOOTSTRAP = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from reliability_helpers import CrashPoint, _install
+from mmpretrain.cli import main
+_install(CrashPoint(**json.loads(sys.argv[2])))
+code = main(json.loads(sys.argv[3]))
+sys.stdout.flush()
+sys.exit(code)
+"""
+
+
+def _spawn_child(argv: Sequence[str], point: CrashPoint, log: Path) -> int:
+    """A fresh interpreter running ``mmpt ARGV`` with ``point`` armed (forking this
+    process is unsafe once it has run torch: threads, autograd state)."""
+    import dataclasses
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "-c",
+        _CHILD_BOOTSTRAP,
+        str(Path(__file__).parent),
+        json.dumps(dataclasses.asdict(point)),
+        json.dumps(list(argv)),
+    ]
+    with log.open("w", encoding="utf-8") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    _SPAWNED[process.pid] = process  # reaped by _watch_child's waitpid; kept so Popen does not warn
+    return process.pid
+
+
+def _fork_child(argv: Sequence[str], point: CrashPoint, log: Path, before_main: Callable[[], None]) -> int:
+    """A forked copy of this process running ``mmpt ARGV`` after ``before_main`` (limits
+    that must be set in the child, e.g. RLIMIT_FSIZE)."""
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 1
@@ -323,8 +372,7 @@ def run_crash_child(
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             sys.stdout = sys.stderr = open(fd, "w", buffering=1, closefd=False)  # noqa: SIM115
-            if before_main is not None:
-                before_main()
+            before_main()
             _install(point)
             from mmpretrain.cli import main
 
@@ -336,6 +384,13 @@ def run_crash_child(
                 sys.stdout.flush()
             finally:
                 os._exit(code)
+    return pid
+
+
+def _watch_child(
+    pid: int, point: CrashPoint, log: Path, started: Callable[[], bool] | None, timeout: float
+) -> ChildResult:
+    """Wait for child ``pid``; a ``timer`` point's signal is sent from here."""
     deadline = time.monotonic() + timeout
     kill_at: float | None = None
     first_sent: float | None = None
@@ -358,6 +413,9 @@ def run_crash_child(
             os.waitpid(pid, 0)
             raise AssertionError(f"crash child {point.describe()} still running after {timeout} s")
         time.sleep(0.002)
+    spawned = _SPAWNED.pop(pid, None)
+    if spawned is not None:
+        spawned.returncode = status  # waited for above
     output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
     after = None if first_sent is None else time.monotonic() - first_sent
     if os.WIFSIGNALED(status):

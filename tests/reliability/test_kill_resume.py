@@ -2,8 +2,8 @@
 switch; each resume continues from the newest COMMITTED checkpoint (never a half-written
 one) and the losses equal an uninterrupted run's bitwise.
 
-The kills are real SIGKILLs of a forked copy of the test process running ``mmpt train``
-(see reliability_helpers): no cleanup code runs in the victim.
+The kills are real SIGKILLs of a child process running ``mmpt train`` (see
+reliability_helpers): no cleanup code runs in the victim.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ from reliability_helpers import (
 from mmpretrain.train.checkpoint import committed_checkpoints
 from mmpretrain.train.metrics import read_metrics
 
-# Slow (make test-all): in fresh-clone runs under heavy load the forked training child
-# twice failed to report (exit code None / no exit within 300 s after a signal); not
-# reproduced alone or in full local runs. The default suite keeps the subprocess-based
-# SIGTERM test in tests/train/test_train_faults.py. Investigation open (issue 16).
+# Slow (make test-all): three more crash children; the default suite keeps the
+# subprocess-based SIGTERM test in tests/train/test_train_faults.py. (These once failed
+# after other tests in the same worker had run torch: the children were forked copies of
+# the test process; they are fresh interpreters now, see run_crash_child.)
 pytestmark = pytest.mark.slow
 
 MAX_STEPS = 30
