@@ -234,6 +234,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
+def _command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    examples: str,
+    parents: Sequence[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """A (sub)command's parser with its help line and an ``examples:`` epilog."""
+    return subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog="examples:\n" + examples,
+        formatter_class=_Formatter,
+        parents=parents,
+    )
+
+
 def _add(
     subparsers: argparse._SubParsersAction,
     name: str,
@@ -242,14 +260,7 @@ def _add(
     handler: Handler,
     parents: Sequence[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog="examples:\n" + examples,
-        formatter_class=_Formatter,
-        parents=parents,
-    )
+    parser = _command(subparsers, name, help_text, examples, parents)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -262,14 +273,7 @@ def _add_group(
     parents: Sequence[argparse.ArgumentParser],
 ) -> argparse._SubParsersAction:
     """A command with subcommands (`mmpt data build`, ...); returns their subparsers."""
-    parser = subparsers.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog="examples:\n" + examples,
-        formatter_class=_Formatter,
-        parents=parents,
-    )
+    parser = _command(subparsers, name, help_text, examples, parents)
     return parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", required=True)
 
 
