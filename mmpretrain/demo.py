@@ -2,7 +2,7 @@
 
 1. data: the demo shards (drawn shapes with captions and counting questions, interleaved
    documents, espeak-ng speech, text; a held-out split), Shakespeare as text shards, and
-   three sources derived from the demo's training shards (:mod:`mmpretrain.demo_sources`);
+   four sources derived from the demo's training shards (:mod:`mmpretrain.demo_sources`);
 2. training: the shipped recipe ``configs/recipes/demo.yaml`` (a text LLM, connector
    alignment with the LLM and encoders frozen, then everything on the demo mix with
    Shakespeare replay; packed batches; 2:4-sparse MLPs) with the data paths pointed at

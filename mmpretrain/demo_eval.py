@@ -61,14 +61,16 @@ class TaskScores:
         }
 
     def learned(self, shots: int = 0) -> bool:
-        """Trained beats untrained and chance (where chance exists) at ``shots``."""
+        """Trained beats untrained, chance and always-the-most-frequent-answer (where those
+        exist) at ``shots``: above the answer prior, so the model used the media."""
         trained, untrained = self.scores["trained"].get(shots), self.scores["untrained"].get(shots)
         if trained is None or untrained is None:
             return False
         better: Callable[[float, float], bool] = (
             (lambda a, b: a < b) if self.lower_is_better else (lambda a, b: a > b)
         )
-        return better(trained, untrained) and (self.chance is None or better(trained, self.chance))
+        baselines = [untrained, self.chance, self.majority]
+        return all(better(trained, baseline) for baseline in baselines if baseline is not None)
 
 
 def chance_and_majority(task: Any, limit: int | None) -> tuple[float | None, float | None]:

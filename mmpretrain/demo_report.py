@@ -158,7 +158,7 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         f"demo summary{' (--quick)' if summary['quick'] else ''}: {out}",
         f"  data        {data['demo']:,} demo samples ({data['images']:,} pictures, "
         f"{data['audio']:,} speech clips) "
-        f"+ {data['heldout']} held-out; derived: qa {data['qa']:,}, align {data['align']:,}, "
+        f"+ {data['heldout']} held-out; derived: qa {data['qa']:,}, align {data['align']:,}, grid {data['grid']:,}, "
         f"demo_text {data['demo_text']:,}; Shakespeare {data['text']:,} documents",
         f"  model       {model['parameters'] / 1e6:.2f}M parameters ({parts}); {model['llm']}; "
         f"{kernels['modules']} Linear modules {'/'.join(kernels['kinds'])} "
@@ -192,7 +192,7 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     verdict = f"learned: {', '.join(learned) or 'none'}"
     lines.append(
         f"              {verdict}"
-        + (f"; not above untrained and chance: {', '.join(missed)}" if missed else "")
+        + (f"; not above untrained, chance and majority: {', '.join(missed)}" if missed else "")
     )
     exports = summary["exports"]
     lines.append(f"  export      native: {exports['native']['path']} ({exports['native']['summary']})")

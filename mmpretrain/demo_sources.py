@@ -9,10 +9,17 @@ derived from the demo's *training* shards for the recipe's stages and mix.
   and a counting question per picture that has none (``vqa`` samples already do). The
   demo data's own questions are only about counting; without these the tiny model sees
   no colour or shape question before it is asked one. Held-out pictures are never used.
+- ``grid``: a dense description of each training picture, one word per place of its 3x3
+  grid in reading order ("Kinds: circle no star ... Colours: red no blue ..."), "no" for an
+  empty place. With the recipe's vision geometry (72 px, 8 px patches, pixel shuffle 3)
+  each image token covers exactly one place, so the i-th word of each list lines up with
+  the i-th image token at a fixed distance: per-place supervision of what the tokens hold
+  (grounded descriptions, as region captions are for larger models). Without it a tower
+  trained from scratch learns colour (readable from all tokens at once) but not shape.
 - ``demo_text``: the text of every training document without its media (the language of
   the captions and questions, for the LLM's text-only stage).
 
-All three are ordinary shard directories (``index.json`` with sample counts), written
+All four are ordinary shard directories (``index.json`` with sample counts), written
 with :class:`~mmpretrain.data.shard_io.ShardWriter`, in the order of the input shards, so
 they are reproducible from the demo build.
 """
@@ -24,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.data.demo_scenes import GRID, POSITIONS
 from mmpretrain.data.shard_io import ShardWriter, iter_shard_samples
 from mmpretrain.data.skips import SkipCounter
 from mmpretrain.data.types import Sample, Segment
@@ -92,6 +100,43 @@ def question_samples(demo: Path) -> Iterator[Sample]:
             number += 1
 
 
+GRID_ORDER: tuple[str, ...] = tuple(POSITIONS[(row, col)] for row in range(GRID) for col in range(GRID))
+"""The places of the 3x3 grid in reading order (the order of the image tokens)."""
+EMPTY_PLACE = "no"
+"""The word of an empty place (one token in the demo's tokenizer, as every kind and colour is)."""
+
+
+def grid_text(shapes: list[dict[str, str]]) -> str:
+    """One word per place, in reading order: "Kinds: no circle ... Colours: no red ...".
+
+    ``shapes``: an image segment's ``meta["shapes"]`` (kind, colour, size, position word).
+    """
+    at = {shape["position"]: shape for shape in shapes}
+    kinds = " ".join(at[place]["kind"] if place in at else EMPTY_PLACE for place in GRID_ORDER)
+    colours = " ".join(at[place]["colour"] if place in at else EMPTY_PLACE for place in GRID_ORDER)
+    return f"Kinds: {kinds}. Colours: {colours}."
+
+
+def grid_samples(demo: Path) -> Iterator[Sample]:
+    """One image + :func:`grid_text` document per training picture."""
+    number = 0
+    for sample in _samples(demo):
+        for segment in sample.segments:
+            shapes = segment.meta.get("shapes") if segment.kind == "image" else None
+            if not shapes:
+                continue
+            yield Sample(
+                key=f"grid/{number:06d}",
+                source="demo_grid",
+                segments=[
+                    Segment("image", data=segment.data, meta=dict(segment.meta), member="0.png"),
+                    Segment("text", text=grid_text(shapes)),
+                ],
+                meta={"kind": "grid", "from": sample.key},
+            )
+            number += 1
+
+
 def text_samples(demo: Path) -> Iterator[Sample]:
     """The text of each training document (captions, questions, sentences), media left out."""
     for sample in _samples(demo):
@@ -108,6 +153,7 @@ def text_samples(demo: Path) -> Iterator[Sample]:
 DERIVED: dict[str, tuple[Callable[[Path], Iterator[Sample]], str]] = {
     "align": (alignment_samples, "caption and speech-caption samples of the demo shards"),
     "qa": (question_samples, "colour/shape/counting questions about the demo's training pictures"),
+    "grid": (grid_samples, "one word per place of each training picture's 3x3 grid (kinds, colours)"),
     "demo_text": (text_samples, "the text of the demo documents, media left out"),
 }
 
