@@ -54,7 +54,7 @@ class Plan:
     """Extra `--set` overrides of the recipe."""
 
 
-FULL = Plan(samples=2000, steps={"llm": 150, "align": 100, "full": 1500})
+FULL = Plan(samples=2000, steps={"llm": 150, "align": 100, "full": 2500})
 QUICK = Plan(
     samples=400,
     steps={"llm": 20, "align": 10, "full": 120},
