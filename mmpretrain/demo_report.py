@@ -158,7 +158,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         f"demo summary{' (--quick)' if summary['quick'] else ''}: {out}",
         f"  data        {data['demo']:,} demo samples ({data['images']:,} pictures, "
         f"{data['audio']:,} speech clips) "
-        f"+ {data['heldout']} held-out; derived: qa {data['qa']:,}, align {data['align']:,}, grid {data['grid']:,}, "
+        f"+ {data['heldout']} held-out; derived: qa {data['qa']:,}, align {data['align']:,}, "
+        f"grid {data['grid']:,}, "
         f"demo_text {data['demo_text']:,}; Shakespeare {data['text']:,} documents",
         f"  model       {model['parameters'] / 1e6:.2f}M parameters ({parts}); {model['llm']}; "
         f"{kernels['modules']} Linear modules {'/'.join(kernels['kinds'])} "
