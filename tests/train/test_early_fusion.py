@@ -281,3 +281,31 @@ def test_init_from_errors_are_one_clear_line(tmp_path: Path, text_run: Path) -> 
     checkpoint = resolve_init_checkpoint(text_run)
     with pytest.raises(UserError, match="architectures differ"):
         init_model_from(checkpoint, build_model(wider), None)
+
+
+def test_native_export_of_an_early_fusion_run_reloads_with_its_vocabulary(
+    tmp_path: Path, fusion_run: Path
+) -> None:
+    """`mmpt export --to safetensors` of an early-fusion run: `from_pretrained` rebuilds the
+    extended vocabulary (text + code rows) and loads exactly the trained weights; the eval
+    loader reads the export too."""
+    from mmpretrain.cli import main
+    from mmpretrain.eval.model_io import load_for_eval
+    from mmpretrain.export.gather import read_checkpoint_tensors
+    from mmpretrain.model.multimodal import MultimodalLM
+
+    out = tmp_path / "native"
+    assert main(["export", str(fusion_run), "--to", "safetensors", "--out", str(out)]) == 0
+    vocab = MediaVocabulary.load(fusion_run / "media_vocab.json")
+    assert MediaVocabulary.load(out / "media_vocab.json") == vocab
+    model = MultimodalLM.from_pretrained(str(out))
+    assert model.llm.get_input_embeddings().num_embeddings == vocab.total_size
+    checkpoint = latest_checkpoint(fusion_run)
+    assert checkpoint is not None
+    trained = read_checkpoint_tensors(checkpoint)
+    state = model.state_dict()
+    assert set(trained) == set(state)
+    for name, tensor in trained.items():
+        assert torch.equal(state[name], tensor), name
+    loaded = load_for_eval(out)
+    assert loaded.model.llm.get_input_embeddings().num_embeddings == vocab.total_size
