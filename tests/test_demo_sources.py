@@ -19,9 +19,9 @@ def _shapes() -> list[dict[str, str]]:
 def test_grid_text_names_every_place_in_reading_order() -> None:
     text = grid_text(_shapes())
     assert text == (
-        "Colours: no no red no no no blue no no. Kinds: no no star no no no circle no no."
+        "Kinds: no no star no no no circle no no. Colours: no no red no no no blue no no."
     )
-    colours, kinds = (part.split(": ")[1].rstrip(".").split() for part in text.split(". ", 1))
+    kinds, colours = (part.split(": ")[1].rstrip(".").split() for part in text.split(". ", 1))
     assert len(colours) == len(kinds) == len(GRID_ORDER) == GRID * GRID
     assert GRID_ORDER[:3] == ("top left", "top", "top right") and GRID_ORDER[-1] == "bottom right"
     assert kinds.count(EMPTY_PLACE) == 7
