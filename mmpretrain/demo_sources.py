@@ -68,6 +68,20 @@ def _write(out: Path, samples: Iterator[Sample], what: str) -> dict[str, Any]:
     return index
 
 
+def _picture_document(key: str, image: Segment, text: str, meta: dict[str, Any]) -> Sample:
+    """A derived two-segment document: ``image`` (bytes and meta kept), then ``text``;
+    its source is ``demo_`` + ``meta["kind"]``."""
+    return Sample(
+        key=key,
+        source=f"demo_{meta['kind']}",
+        segments=[
+            Segment("image", data=image.data, meta=dict(image.meta), member="0.png"),
+            Segment("text", text=text),
+        ],
+        meta=meta,
+    )
+
+
 def alignment_samples(demo: Path) -> Iterator[Sample]:
     """The picture-caption and speech-caption samples of the demo training shards."""
     for sample in _samples(demo):
@@ -86,16 +100,9 @@ def question_samples(demo: Path) -> Iterator[Sample]:
         if sample.meta.get("kind") != "vqa":  # vqa samples hold their counting question already
             examples += list(count_examples(sample))
         for example in examples:
-            image = segments[example.id]
             text = f"Question: {example.question} Answer: {example.answers[0]}"
-            yield Sample(
-                key=f"qa/{number:06d}",
-                source="demo_qa",
-                segments=[
-                    Segment("image", data=image.data, meta=dict(image.meta), member="0.png"),
-                    Segment("text", text=text),
-                ],
-                meta={"kind": "qa", "from": example.id},
+            yield _picture_document(
+                f"qa/{number:06d}", segments[example.id], text, {"kind": "qa", "from": example.id}
             )
             number += 1
 
@@ -123,21 +130,13 @@ def grid_text(shapes: list[dict[str, str]]) -> str:
 
 def grid_samples(demo: Path) -> Iterator[Sample]:
     """One image + :func:`grid_text` document per training picture."""
+    from mmpretrain.eval.tasks.demo import scene_pictures
+
     number = 0
     for sample in _samples(demo):
-        for segment in sample.segments:
-            shapes = segment.meta.get("shapes") if segment.kind == "image" else None
-            if not shapes:
-                continue
-            yield Sample(
-                key=f"grid/{number:06d}",
-                source="demo_grid",
-                segments=[
-                    Segment("image", data=segment.data, meta=dict(segment.meta), member="0.png"),
-                    Segment("text", text=grid_text(shapes)),
-                ],
-                meta={"kind": "grid", "from": sample.key},
-            )
+        for _, image, shapes in scene_pictures(sample):
+            meta = {"kind": "grid", "from": sample.key}
+            yield _picture_document(f"grid/{number:06d}", image, grid_text(shapes), meta)
             number += 1
 
 

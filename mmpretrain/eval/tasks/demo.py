@@ -146,7 +146,9 @@ def _collect(folder: Path, key: str, make: Maker, limit: int | None) -> list[Eva
     return out
 
 
-def _images(sample: Sample) -> Iterator[tuple[str, Segment, list[dict[str, str]]]]:
+def scene_pictures(sample: Sample) -> Iterator[tuple[str, Segment, list[dict[str, str]]]]:
+    """``(id, segment, shapes)`` of each picture of ``sample`` that holds a scene
+    (``meta["shapes"]``); the id is ``KEY#INDEX`` of the segment."""
     for i, seg in enumerate(sample.segments):
         if seg.kind == "image" and seg.meta.get("shapes"):
             yield f"{sample.key}#{i}", seg, seg.meta["shapes"]
@@ -157,7 +159,7 @@ def _images(sample: Sample) -> Iterator[tuple[str, Segment, list[dict[str, str]]
 
 def classify_examples(sample: Sample) -> Iterator[EvalExample]:
     """A colour or shape question per image (see the module docstring)."""
-    for ex_id, seg, shapes in _images(sample):
+    for ex_id, seg, shapes in scene_pictures(sample):
         colours_of: dict[str, set[str]] = {}
         kinds_of: dict[str, set[str]] = {}
         for s in shapes:
@@ -190,7 +192,7 @@ def classify_examples(sample: Sample) -> Iterator[EvalExample]:
 
 def count_examples(sample: Sample) -> Iterator[EvalExample]:
     """A counting question per image: the sample's own (vqa samples) or one drawn from its scene."""
-    for ex_id, seg, shapes in _images(sample):
+    for ex_id, seg, shapes in scene_pictures(sample):
         if sample.meta.get("kind") == "vqa" and "question" in sample.meta:
             question, answer = sample.meta["question"], str(sample.meta["answer"])
         else:
@@ -210,7 +212,7 @@ def caption_examples(sample: Sample) -> Iterator[EvalExample]:
     """The image and caption of a ``caption`` sample."""
     if sample.meta.get("kind") != "caption":
         return
-    for ex_id, seg, _ in _images(sample):
+    for ex_id, seg, _ in scene_pictures(sample):
         text = [s.text for s in sample.segments if s.kind == "text" and s.text]
         if text:
             yield EvalExample(ex_id, load_segments=_image(seg), answers=[text[0].strip()])
